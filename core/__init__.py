@@ -1,0 +1,1 @@
+"""FreezeLab core: training engine, run store, jobs and prediction. No UI code here."""

@@ -1,0 +1,365 @@
+"""Command line: ``python -m core <command>``. Run ``python -m core --help`` for the list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from core.backbones import BUILTIN_BACKBONES, BackboneError
+from core.checkpoint import CheckpointError
+from core.config import ConfigError, RunConfig, TaskConfig
+from core.data import BUILTIN_DATASETS, DataError
+from core.jobs import JobError
+from core.predict import PredictError
+from core.store import InvalidRunId, RunNotFound, RunStore, default_runs_dir
+from core.strategies import STRATEGIES
+
+USER_ERRORS = (ConfigError, DataError, BackboneError, CheckpointError, RunNotFound, InvalidRunId, PredictError, JobError)
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train, submit and sweep; each one left out keeps the config file's or default value."""
+    p.add_argument("--config", help="JSON file with config keys (see a run's config.json)")
+    p.add_argument("--strategy", choices=list(STRATEGIES))
+    p.add_argument("--freeze-layers", type=int, help="k for freeze_lower: embeddings + bottom k layers frozen")
+    p.add_argument("--backbone", help="minilm-l6 (default), minilm-l6:K, minilm-l6-scratch, a model folder or hub id")
+    for t in ("a", "b"):
+        p.add_argument(f"--task-{t}", dest=f"task_{t}", help=f"dataset for task {t.upper()}: built-in name, file, or hf:NAME")
+        p.add_argument(f"--task-{t}-name", dest=f"task_{t}_name")
+        p.add_argument(f"--task-{t}-text-column", dest=f"task_{t}_text_column")
+        p.add_argument(f"--task-{t}-label-column", dest=f"task_{t}_label_column")
+        p.add_argument(f"--task-{t}-max-train-examples", dest=f"task_{t}_max_train_examples", type=int)
+        p.add_argument(f"--task-{t}-loss-weight", dest=f"task_{t}_loss_weight", type=float)
+    p.add_argument("--max-train-examples", type=int, help="cap the training examples of every task")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--head-lr", dest="head_learning_rate", type=float)
+    p.add_argument("--backbone-lr", dest="backbone_learning_rate", type=float)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--task-sampling", choices=["proportional", "round_robin", "temperature"])
+    p.add_argument("--eval-every-steps", type=int)
+    p.add_argument("--max-eval-examples", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--name")
+    p.add_argument("--init-from", help="start from another run's weights (its id)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other config key, e.g. --set warmup_ratio=0.2")
+
+
+def config_from_args(args: argparse.Namespace, store: RunStore) -> RunConfig:
+    cfg = RunConfig.from_file(args.config) if args.config else RunConfig()
+    data = cfg.to_dict()
+    for key in ("strategy", "freeze_layers", "backbone", "epochs", "max_steps", "batch_size", "head_learning_rate",
+                "backbone_learning_rate", "max_length", "task_sampling", "eval_every_steps", "max_eval_examples",
+                "seed", "device", "name", "init_from"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    if args.init_from and args.backbone is None:
+        data["backbone"] = store.read_config(args.init_from).backbone  # follow the run we start from
+    tasks = [TaskConfig(**t) for t in data["tasks"]]
+    for i, t in enumerate(("a", "b")):
+        if getattr(args, f"task_{t}") is None and i >= len(tasks):
+            continue
+        if i >= len(tasks):
+            tasks.append(TaskConfig(name=f"task_{t}", dataset=""))
+        task = tasks[i]
+        for field in ("dataset", "name", "text_column", "label_column", "max_train_examples", "loss_weight"):
+            value = getattr(args, f"task_{t}" if field == "dataset" else f"task_{t}_{field}")
+            if value is not None:
+                setattr(task, field, value)
+        if args.max_train_examples is not None and getattr(args, f"task_{t}_max_train_examples") is None:
+            task.max_train_examples = args.max_train_examples
+    data["tasks"] = [t.__dict__ for t in tasks]
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set warmup_ratio=0.2")
+        try:
+            data[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            data[key] = raw
+    return RunConfig.from_dict(data).validate()
+
+
+def _store(args) -> RunStore:
+    return RunStore(args.runs_dir or default_runs_dir())
+
+
+def cmd_strategies(args) -> None:
+    items = [s.as_dict() for s in STRATEGIES.values()]
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return
+    for s in items:
+        extra = " (needs --freeze-layers K)" if s["uses_freeze_layers"] else ""
+        print(f"{s['id']:<18} {s['title']}{extra}\n{'':<18} {s['when_to_use']}")
+
+
+def cmd_datasets(args) -> None:
+    for name, desc in BUILTIN_DATASETS.items():
+        print(f"{name:<16} {desc}")
+    print("files: .csv .jsonl .json .parquet with a text and a label column; hub datasets: hf:NAME")
+
+
+def cmd_backbones(args) -> None:
+    for b in BUILTIN_BACKBONES.values():
+        print(f"{b.name:<18} {b.size_class:<14} {b.speed_class:<14} {b.description}")
+    print("any local Hugging Face model folder or hub id also works (hub needs network)")
+
+
+def cmd_train(args) -> int:
+    from core.train import train_run
+
+    store = _store(args)
+    cfg = config_from_args(args, store)
+    run_id = store.create_run(cfg, state="queued")
+    print(f"training {run_id} ({cfg.strategy}, {cfg.backbone}); log: {store.log_path(run_id)}", file=sys.stderr)
+    state = train_run(store, run_id, show_progress=True)
+    summary = store.read_summary(run_id) or {}
+    for task, t in summary.get("tasks", {}).items():
+        if "test_accuracy" in t:
+            print(f"{task}: test accuracy {t['test_accuracy']:.4f}, macro-F1 {t['test_macro_f1']:.4f}")
+    print(f"trainable params {summary.get('trainable_params', 0):,} of {summary.get('total_params', 0):,}; "
+          f"train {summary.get('train_seconds', 0):.1f} s; state {state}")
+    print(run_id)
+    return 0
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in _csv(text)]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
+
+
+def cmd_submit(args) -> None:
+    from core import jobs
+
+    store = _store(args)
+    cfg = config_from_args(args, store)
+    if args.concurrency:
+        jobs.set_concurrency(store, args.concurrency)
+    print(jobs.submit(store, cfg, backend=args.backend, address=args.address))
+
+
+def cmd_sweep(args) -> None:
+    from core import jobs
+
+    store = _store(args)
+    base = config_from_args(args, store)
+    strategies = list(STRATEGIES) if args.strategies == "all" else _csv(args.strategies)
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise ConfigError(f"--strategies: {s!r} is unknown; choose from {', '.join(STRATEGIES)} or all.")
+    if args.concurrency:
+        jobs.set_concurrency(store, args.concurrency)
+    sweep_id, run_ids = jobs.sweep(
+        store, base, strategies=strategies, seeds=_ints(args.seeds, "--seeds"),
+        backbones=_csv(args.backbones) if args.backbones else None,
+        freeze_layers=_ints(args.freeze_layers_list, "--freeze-layers-list") if args.freeze_layers_list else None,
+        backend=args.backend, address=args.address,
+    )
+    print(f"sweep {sweep_id}: {len(run_ids)} runs queued", file=sys.stderr)
+    print("\n".join(run_ids))
+
+
+def cmd_queue(args) -> None:
+    from core import jobs
+
+    store = _store(args)
+    jobs.reconcile(store)
+    info = jobs.runner_info(store)
+    records = [r for r in store.list_runs() if r.state in ("queued", "running")]
+    if args.json:
+        print(json.dumps({"runner": info, "concurrency": jobs.get_concurrency(store),
+                          "runs": [{"id": r.id, "state": r.state, "progress": r.status.get("progress")} for r in records]},
+                         indent=2))
+        return
+    print(f"runner: {'pid ' + str(info['pid']) if info else 'not running (the next submit starts one)'}; "
+          f"concurrency {jobs.get_concurrency(store)}")
+    for r in sorted(records, key=lambda r: (r.state != "running", r.status.get("queued_at", 0))):
+        p = r.status.get("progress") or {}
+        eta = f" eta {p['eta_seconds']:.0f}s" if p.get("eta_seconds") is not None else ""
+        where = f" step {p.get('step', 0)}/{p.get('total_steps', '?')}{eta}" if r.state == "running" else ""
+        print(f"{r.id:<60} {r.state}{where}")
+    if not records:
+        print("the queue is empty")
+
+
+def cmd_cancel(args) -> None:
+    from core import jobs
+
+    state = jobs.cancel(_store(args), args.run, wait_seconds=args.wait)
+    print(f"{args.run}: {state}" + (" (stop requested; it ends at its next step)" if state == "running" else ""))
+
+
+def cmd_resume(args) -> None:
+    from core import jobs
+
+    how = jobs.resume(_store(args), args.run)
+    print(f"{args.run}: queued to {'continue from its last checkpoint' if how == 'resume' else 'start again (no checkpoint)'}")
+
+
+def cmd_runner(args) -> int:
+    from core import jobs
+
+    store = _store(args)
+    if args.concurrency:
+        jobs.set_concurrency(store, args.concurrency)
+    return jobs.Runner(store, idle_exit_seconds=args.idle_exit, grace_seconds=args.grace).serve()
+
+
+def cmd_work(args) -> int:
+    from core.train import raise_stop_on_sigterm, train_run
+
+    raise_stop_on_sigterm()
+    state = train_run(_store(args), args.run, resume=args.resume)
+    return 0 if state in ("completed", "stopped") else 1
+
+
+def _fmt_acc(summary: dict | None) -> str:
+    if not summary:
+        return "-"
+    return " ".join(f"{t}={v['test_accuracy']:.3f}" for t, v in summary.get("tasks", {}).items() if "test_accuracy" in v) or "-"
+
+
+def cmd_runs(args) -> None:
+    records = _store(args).list_runs()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in records], indent=2, default=str))
+        return
+    if not records:
+        print("no runs yet: start one with `python -m core train --strategy frozen_backbone --max-train-examples 500`")
+        return
+    for r in records:
+        secs = (r.summary or {}).get("train_seconds")
+        print(f"{r.id:<48} {r.state:<10} {r.config.get('strategy', '?'):<16} {r.config.get('backbone', '?'):<18} "
+              f"{_fmt_acc(r.summary):<36} {'' if secs is None else f'{secs:.1f}s'}")
+
+
+def cmd_show(args) -> None:
+    store = _store(args)
+    store.existing_path(args.run)
+    record = store.record(args.run)
+    if args.json:
+        print(json.dumps(record.as_dict(), indent=2, default=str))
+        return
+    print(f"run      {record.id}\nstate    {record.state}\nstrategy {record.config.get('strategy')}\n"
+          f"backbone {record.config.get('backbone')}")
+    if record.status.get("error"):
+        print(f"error    {record.status['error']}")
+    s = record.summary or {}
+    if s:
+        print(f"params   {s.get('trainable_params', 0):,} trainable of {s.get('total_params', 0):,} "
+              f"({s.get('trainable_percent', 0):.2f}%)\ntime     {s.get('train_seconds', 0):.1f} s training, "
+              f"{s.get('wall_seconds', 0):.1f} s in all")
+        for task, t in s.get("tasks", {}).items():
+            acc = f"test acc {t['test_accuracy']:.4f} macro-F1 {t['test_macro_f1']:.4f}" if "test_accuracy" in t else ""
+            change = t.get("val_accuracy_change")
+            print(f"task     {task}: {acc} (val accuracy change {change:+.4f})" if change is not None else f"task     {task}: {acc}")
+
+
+def cmd_predict(args) -> None:
+    from core.predict import Predictor
+
+    predictor = Predictor.from_run(_store(args), args.run)
+    results = predictor.predict(args.texts)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        parts = [f"{task}={v['label']} ({v['probabilities'][v['label']]:.2f})" for task, v in r["tasks"].items()]
+        print(f"{r['text'][:60]!r}: " + ", ".join(parts))
+
+
+def cmd_delete(args) -> None:
+    target = _store(args).delete_run(args.run)
+    print(f"moved {args.run} to {target}; `python -m core restore {args.run}` brings it back")
+
+
+def cmd_restore(args) -> None:
+    _store(args).restore_run(args.run)
+    print(f"restored {args.run}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="FreezeLab: train and compare freezing strategies.")
+    parser.add_argument("--runs-dir", help="runs directory (default: $FREEZELAB_RUNS_DIR or ./runs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("strategies", help="list freezing strategies")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_strategies)
+    sub.add_parser("datasets", help="list built-in datasets").set_defaults(func=cmd_datasets)
+    sub.add_parser("backbones", help="list built-in backbones").set_defaults(func=cmd_backbones)
+    p = sub.add_parser("train", help="train one run in the foreground")
+    add_config_options(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+    for name, func, text in (("show", cmd_show, "show one run"), ("delete", cmd_delete, "move a run to the trash"),
+                             ("restore", cmd_restore, "bring a deleted run back")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run")
+        if name == "show":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    p = sub.add_parser("predict", help="predict both tasks for sentences with a trained run")
+    p.add_argument("run")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    for name, func, text in (("submit", cmd_submit, "queue a run; a background runner trains it"),
+                             ("sweep", cmd_sweep, "queue strategies x seeds (x backbones, x freeze depths)")):
+        p = sub.add_parser(name, help=text)
+        add_config_options(p)
+        p.add_argument("--backend", choices=["local", "ray"], default="local")
+        p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+        p.add_argument("--concurrency", type=int, help="runs at once on this machine (default 1)")
+        if name == "sweep":
+            p.add_argument("--strategies", default="all", help="comma-separated ids, or all")
+            p.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+            p.add_argument("--backbones", help="comma-separated backbone specs")
+            p.add_argument("--freeze-layers-list", help="freeze depths for freeze_lower, e.g. 2,4")
+        p.set_defaults(func=func)
+    p = sub.add_parser("queue", help="show the runner, running and queued runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_queue)
+    p = sub.add_parser("cancel", help="drop a queued run or stop a running one (checkpoint kept)")
+    p.add_argument("run")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for it to stop")
+    p.set_defaults(func=cmd_cancel)
+    p = sub.add_parser("resume", help="continue a stopped or failed run from its last checkpoint")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("runner", help="serve the queue in the foreground (submit starts one for you)")
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--idle-exit", type=float, default=120.0, help="exit after this many idle seconds")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds between stop flag, SIGTERM and SIGKILL")
+    p.set_defaults(func=cmd_runner)
+    p = sub.add_parser("_work")  # one run in this process; what the runner starts
+    p.add_argument("run")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_work)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runs_dir = getattr(args, "runs_dir", None)
+    args.runs_dir = runs_dir
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

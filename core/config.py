@@ -1,0 +1,178 @@
+"""Run configuration: one dataclass that validates itself and round-trips through JSON.
+
+A run folder's ``config.json`` is ``RunConfig.to_dict()``; ``RunConfig.from_dict`` of it rebuilds the
+exact run. Every check names the field, the bad value and what is allowed, so the CLI and the
+dashboard can show the message as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which field and how to fix it."""
+
+
+TASK_SAMPLING = ("proportional", "round_robin", "temperature")
+POOLING = ("mean", "cls")
+
+
+@dataclass
+class TaskConfig:
+    """One task: its name (the head's key), where its data comes from, and which columns to read."""
+
+    name: str
+    dataset: str
+    text_column: str = "text"
+    label_column: str = "label"
+    max_train_examples: int | None = None
+    loss_weight: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ConfigError(f"{prefix}.name={self.name!r}: use letters, digits and '_' only (e.g. 'topic').")
+        if not self.dataset:
+            raise ConfigError(f"{prefix}.dataset is empty: give a built-in name, a file path or hf:NAME.")
+        if self.max_train_examples is not None and self.max_train_examples < 4:
+            raise ConfigError(f"{prefix}.max_train_examples={self.max_train_examples}: needs at least 4 (or leave unset for all).")
+        if not (0.0 <= self.loss_weight <= 100.0) or math.isnan(self.loss_weight):
+            raise ConfigError(f"{prefix}.loss_weight={self.loss_weight}: use a value between 0 and 100 (1 is neutral).")
+
+
+def default_tasks() -> list[TaskConfig]:
+    return [TaskConfig(name="topic", dataset="bbc_topics"), TaskConfig(name="sentiment", dataset="rt_sentiment")]
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to reproduce a training run."""
+
+    strategy: str = "frozen_backbone"
+    freeze_layers: int | None = None  # k for freeze_lower: embeddings + bottom k transformer layers frozen
+    backbone: str = "minilm-l6"
+    pooling: str = "mean"
+    tasks: list[TaskConfig] = field(default_factory=default_tasks)
+    init_from: str | None = None  # another run's id whose weights start this run
+
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 128
+    head_learning_rate: float = 1e-3
+    backbone_learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    head_dropout: float = 0.1
+    task_sampling: str = "proportional"
+    sampling_temperature: float = 2.0
+    train_frozen_head_tasks: bool = False  # True: a frozen head's task still sends its loss into the backbone
+    log_every_steps: int = 10
+    eval_every_steps: int = 50
+    checkpoint_every_steps: int = 200
+    max_eval_examples: int | None = 1000
+    seed: int = 0
+    split_seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+    name: str | None = None
+    sweep_id: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tasks = [t if isinstance(t, TaskConfig) else TaskConfig(**t) for t in self.tasks]
+
+    # -- validation -------------------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        from core.strategies import STRATEGIES  # late import: strategies imports nothing from here at load
+
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy={self.strategy!r} is unknown; choose one of: {', '.join(STRATEGIES)}.")
+        STRATEGIES[self.strategy].validate_config(self)
+        if self.pooling not in POOLING:
+            raise ConfigError(f"pooling={self.pooling!r}: choose one of {', '.join(POOLING)}.")
+        if not self.tasks:
+            raise ConfigError("tasks is empty: give at least one task (e.g. topic on bbc_topics).")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks have duplicate names {names}: each task needs its own name.")
+        for i, task in enumerate(self.tasks):
+            task.validate(f"tasks[{i}]")
+        _check_range("epochs", self.epochs, 0.01, 1000)
+        if self.max_steps is not None:
+            _check_range("max_steps", self.max_steps, 1, 10_000_000)
+        _check_range("batch_size", self.batch_size, 1, 4096)
+        _check_range("eval_batch_size", self.eval_batch_size, 1, 8192)
+        _check_range("max_length", self.max_length, 8, 8192)
+        _check_range("head_learning_rate", self.head_learning_rate, 1e-7, 1.0, hint="typical: 1e-3")
+        _check_range("backbone_learning_rate", self.backbone_learning_rate, 1e-8, 0.1, hint="typical: 2e-5 to 5e-5")
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("warmup_ratio", self.warmup_ratio, 0.0, 0.9)
+        _check_range("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
+        _check_range("head_dropout", self.head_dropout, 0.0, 0.9)
+        if self.task_sampling not in TASK_SAMPLING:
+            raise ConfigError(f"task_sampling={self.task_sampling!r}: choose one of {', '.join(TASK_SAMPLING)}.")
+        _check_range("sampling_temperature", self.sampling_temperature, 0.1, 100)
+        _check_range("eval_every_steps", self.eval_every_steps, 1, 10_000_000)
+        _check_range("log_every_steps", self.log_every_steps, 1, 10_000_000)
+        _check_range("checkpoint_every_steps", self.checkpoint_every_steps, 1, 10_000_000)
+        if self.max_eval_examples is not None:
+            _check_range("max_eval_examples", self.max_eval_examples, 10, 10_000_000)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r}: choose auto, cpu or cuda.")
+        return self
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(known))}.")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # e.g. a task entry with a wrong key
+            raise ConfigError(f"config does not match the expected shape: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist.") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON (line {exc.lineno}): {exc.msg}.") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object of config keys.")
+        return cls.from_dict(data)
+
+    def group_key(self) -> str:
+        """The config without seed, name, tags and sweep id: runs sharing it differ only by seed."""
+        d = self.to_dict()
+        for key in ("seed", "name", "tags", "sweep_id"):
+            d.pop(key, None)
+        return json.dumps(d, sort_keys=True)
+
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, hint: str = "") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) and lo <= value <= hi
+    if not ok:
+        extra = f" ({hint})" if hint else ""
+        raise ConfigError(f"{name}={value!r} is out of range: use a value between {lo:g} and {hi:g}{extra}.")

@@ -1,0 +1,66 @@
+"""Predictions from a trained run: every task's label and class probabilities in one backbone pass."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from core.checkpoint import load_model
+from core.store import RunStore
+
+
+class PredictError(ValueError):
+    pass
+
+
+class Predictor:
+    def __init__(self, model, tokenizer, meta: dict, device: torch.device, run_id: str | None = None) -> None:
+        self.model, self.tokenizer, self.meta, self.device, self.run_id = model, tokenizer, meta, device, run_id
+        self.max_length = int(meta.get("max_length", 128))
+        self.model.eval()  # no dropout at prediction time
+
+    @classmethod
+    def from_run(cls, store: RunStore, run_id: str, device: str = "auto") -> Predictor:
+        store.existing_path(run_id)
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        model, tokenizer, meta = load_model(store.checkpoint_dir(run_id), dev)
+        return cls(model, tokenizer, meta, dev, run_id)
+
+    @property
+    def label_names(self) -> dict[str, list[str]]:
+        return self.model.label_names
+
+    @torch.inference_mode()
+    def probabilities(self, texts: list[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
+        """Per task, a (len(texts), n_labels) tensor of class probabilities."""
+        cleaned = [t.strip() if isinstance(t, str) else "" for t in texts]
+        empty = [i for i, t in enumerate(cleaned) if not t]
+        if empty:
+            raise PredictError(f"text {empty[0] + 1} of {len(texts)} is empty: type a sentence (empty lines are skipped in the UI).")
+        out: dict[str, list[torch.Tensor]] = {t: [] for t in self.model.tasks}
+        for start in range(0, len(cleaned), batch_size):
+            enc = self.tokenizer(cleaned[start : start + batch_size], truncation=True, max_length=self.max_length,
+                                 padding=True, return_tensors="pt")
+            logits = self.model.predict_all(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+            for task, value in logits.items():
+                out[task].append(torch.softmax(value.float(), dim=-1).cpu())
+        return {task: torch.cat(parts) for task, parts in out.items()}
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        """[{text, tasks: {task: {label, probabilities: {label: p}}}}] in the order of ``texts``."""
+        probs = self.probabilities(texts)
+        results = []
+        for i, text in enumerate(texts):
+            tasks = {}
+            for task, names in self.label_names.items():
+                row = probs[task][i].tolist()
+                tasks[task] = {"label": names[max(range(len(row)), key=row.__getitem__)],
+                               "probabilities": dict(zip(names, row))}
+            results.append({"text": text, "tasks": tasks})
+        return results
+
+    def timed_predict(self, texts: list[str]) -> tuple[list[dict], float]:
+        tick = time.perf_counter()
+        results = self.predict(texts)
+        return results, time.perf_counter() - tick
