@@ -213,7 +213,7 @@ def cmd_runner(args) -> int:
     store = _store(args)
     if args.concurrency:
         jobs.set_concurrency(store, args.concurrency)
-    return jobs.Runner(store, idle_exit_seconds=args.idle_exit, grace_seconds=args.grace).serve()
+    return jobs.Runner(store, idle_exit_seconds=args.idle_exit, grace_seconds=args.grace).serve(args.lock_fd)
 
 
 def cmd_work(args) -> int:
@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int)
     p.add_argument("--idle-exit", type=float, default=120.0, help="exit after this many idle seconds")
     p.add_argument("--grace", type=float, default=10.0, help="seconds between stop flag, SIGTERM and SIGKILL")
+    p.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_runner)
     p = sub.add_parser("_work")  # one run in this process; what the runner starts
     p.add_argument("run")

@@ -107,19 +107,36 @@ def runner_alive(store: RunStore) -> bool:
 
 
 def ensure_runner(store: RunStore, concurrency: int | None = None) -> bool:
-    """Start a detached runner unless one already serves this directory. True if one was started."""
+    """Start a detached runner unless one already serves this directory. True if one was started.
+
+    The caller takes the lock and hands the locked file to the child (flock belongs to the open file,
+    which the child inherits), so there is no moment in which a second caller could start another.
+    """
     if concurrency is not None:
         set_concurrency(store, concurrency)
-    if runner_alive(store):
-        return False
-    log = open(store.root / "runner.log", "a")  # noqa: SIM115 - handed to the child
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    subprocess.Popen(
-        [sys.executable, "-m", "core", "--runs-dir", str(store.root.resolve()), "runner"],
-        cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-    )
-    log.close()
-    return True
+    store.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for attempt in range(10):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # Held by a runner, or only probed for a moment by runner_alive(): look again shortly.
+                info = read_json(store.root / RUNNER_INFO) or {}
+                if attempt == 9 or time.time() - info.get("heartbeat", 0) < 5:
+                    return False
+                time.sleep(0.05)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        with open(store.root / "runner.log", "a") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "core", "--runs-dir", str(store.root.resolve()), "runner", "--lock-fd", str(fd)],
+                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                pass_fds=(fd,),
+            )
+        return True
+    finally:
+        os.close(fd)  # the child's copy keeps the lock
 
 
 def set_concurrency(store: RunStore, concurrency: int) -> None:
@@ -151,11 +168,13 @@ class Runner:
         self.jobs: dict[str, Job] = {}
         self._ray_ready: str | None = None
 
-    def serve(self) -> int:
+    def serve(self, lock_fd: int | None = None) -> int:
+        """Serve the queue until idle. ``lock_fd``: a lock already taken for us by ensure_runner."""
         self.store.root.mkdir(parents=True, exist_ok=True)
-        lock = open(self.store.root / LOCK_NAME, "a+")  # noqa: SIM115 - held for the process lifetime
+        if lock_fd is None:
+            lock_fd = os.open(self.store.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a no-op on a lock we already hold
         except BlockingIOError:
             return 0  # another runner serves this directory
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -178,15 +197,18 @@ class Runner:
         })
         self._reap()
         reconcile(self.store, skip=set(self.jobs))
+        orphans = running_elsewhere(self.store, skip=set(self.jobs))  # e.g. workers of a runner that was killed
         for job in list(self.jobs.values()):
             self._escalate(job)
         for run_id in queued_runs(self.store):
+            if run_id in self.jobs:  # resumed before its previous process was reaped: next tick
+                continue
             status = self.store.read_status(run_id)
             if self.store.stop_requested(run_id):  # cancelled while queued
                 self.store.update_status(run_id, state="stopped", finished_at=time.time(), error=None)
                 self.store.clear_stop(run_id)
                 continue
-            local_running = sum(1 for j in self.jobs.values() if j.proc is not None)
+            local_running = sum(1 for j in self.jobs.values() if j.proc is not None) + len(orphans)
             if status.get("backend") == "ray":
                 self._start_ray(run_id, status)
             elif local_running < get_concurrency(self.store):
@@ -270,9 +292,8 @@ def _settle(store: RunStore, run_id: str, reason: str, stopped: bool) -> None:
     """After a run's process ended: if it did not record its own end, record it now."""
     if not store.exists(run_id):
         return
-    status = store.read_status(run_id)
-    if status.get("state") not in ("running", "queued"):
-        return
+    if store.read_status(run_id).get("state") != "running":
+        return  # the run recorded its own end (or was already queued again by resume)
     if stopped:
         store.update_status(run_id, state="stopped", finished_at=time.time(), error=None, note=reason)
         store.clear_stop(run_id)
@@ -316,20 +337,33 @@ def reconcile(store: RunStore, skip: set[str] | None = None) -> list[str]:
             continue
         pid = status.get("pid")
         if pid is None:
-            # Claimed by a runner but the worker has not reported yet: the runner must still be alive.
-            if runner_alive(store) or time.time() - status.get("updated_at", 0) < 30:
+            # Claimed by a runner, worker not reported yet. If that runner is gone and the worker never
+            # wrote its pid, the run never started: put it back in the queue rather than fail it.
+            if process_alive(status.get("started_by_runner"), None) or time.time() - status.get("updated_at", 0) < 15:
                 continue
-            reason = "the runner that started it is gone"
-        elif process_alive(pid, status.get("pid_create_time")):
+            store.update_status(run_id, state="queued", note="requeued: its runner died before starting it")
             continue
-        else:
-            reason = f"its training process (pid {pid}) is gone (killed, out of memory, or the machine restarted)"
-        if process_alive(status.get("started_by_runner"), None) and pid is None:
+        if process_alive(pid, status.get("pid_create_time")):
             continue
+        reason = f"its training process (pid {pid}) is gone (killed, out of memory, or the machine restarted)"
         store.update_status(run_id, state="failed", finished_at=time.time(),
                             error=f"{reason}; `python -m core resume {run_id}` continues it.")
         failed.append(run_id)
     return failed
+
+
+def running_elsewhere(store: RunStore, skip: set[str]) -> list[str]:
+    """Runs training on this host in a process this runner did not start (they count against concurrency)."""
+    host = socket.gethostname()
+    out = []
+    for run_id in store.run_ids():
+        if run_id in skip:
+            continue
+        st = store.read_status(run_id)
+        if st.get("state") == "running" and st.get("backend") != "ray" and st.get("host", host) == host \
+                and process_alive(st.get("pid"), st.get("pid_create_time")):
+            out.append(run_id)
+    return out
 
 
 def runner_info(store: RunStore) -> dict | None:

@@ -7,8 +7,9 @@ Each strategy is a rule ``(parameter name, group, context) -> trainable``; ``app
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from core.config import ConfigError
 

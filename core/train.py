@@ -23,14 +23,12 @@ import torch
 from safetensors.torch import load_file
 
 from core import checkpoint as ckpt
-from core.backbones import load_backbone, load_tokenizer
+from core.backbones import BackboneError, load_backbone, load_tokenizer
 from core.batching import Encoded, collate, encode, epoch_schedule, steps_per_epoch
 from core.config import ConfigError, RunConfig
-from core.data import TaskData, load_task_data
+from core.data import DataError, TaskData, load_task_data
 from core.evaluate import full_report, predict_logits, score
 from core.model import MultiTaskModel, format_parameter_line, parameter_report
-from core.backbones import BackboneError
-from core.data import DataError
 from core.store import InvalidRunId, RunNotFound, RunStore
 from core.strategies import apply_strategy, frozen_head_tasks
 
