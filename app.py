@@ -1,12 +1,19 @@
-"""FreezeLab dashboard entry point: `streamlit run app.py`."""
+"""FreezeLab dashboard: `streamlit run app.py`. Pages live in pages/; all logic lives in core/."""
 
 import streamlit as st
 
 st.set_page_config(page_title="FreezeLab", page_icon="🧊", layout="wide")
-st.title("FreezeLab")
-st.write(
-    "Decide what to freeze when fine-tuning a multi-task sentence transformer, with evidence. "
-    "The dashboard pages (launch, runs, compare, playground) are being built; until then use the CLI:"
-)
-st.code("python -m core strategies\npython -m core train --strategy frozen_backbone --max-train-examples 500 --epochs 1\n"
-        "python -m core runs", language="bash")
+
+pages = [
+    st.Page("pages/launch.py", title="Launch", icon="🚀", default=True),
+    st.Page("pages/runs.py", title="Runs", icon="📋"),
+    st.Page("pages/compare.py", title="Compare", icon="📈"),
+    st.Page("pages/playground.py", title="Playground", icon="💬"),
+]
+nav = st.navigation(pages)
+with st.sidebar:
+    from pages.common import get_store
+
+    st.caption(f"Runs folder: `{get_store().root.resolve()}`")
+    st.caption("Training runs in background processes: closing this tab stops nothing.")
+nav.run()
