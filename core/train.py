@@ -30,7 +30,7 @@ from core.data import DataError, TaskData, load_task_data
 from core.evaluate import full_report, predict_logits, score
 from core.model import MultiTaskModel, format_parameter_line, parameter_report
 from core.store import InvalidRunId, RunNotFound, RunStore
-from core.strategies import apply_strategy, frozen_head_tasks
+from core.strategies import apply_strategy, frozen_head_tasks, get_strategy, lora_settings, prepare_backbone
 
 STATUS_EVERY_SECONDS = 2.0
 # Errors whose message is already written for the user: shown as they are, without the type name.
@@ -159,10 +159,12 @@ class Trainer:
             enc = [encode(self.tokenizer, s.texts, s.labels, cfg.max_length) for s in (data.train, data.validation, data.test)]
             self.tasks[name] = TaskState(data, *enc)
             self.log.info("task %s: %s", name, data.summary())
-        apply_strategy(self.model, cfg)
+        apply_strategy(self.model, cfg)  # the final stage: everything that will ever train
         self.report = parameter_report(self.model)
         self.log.info(format_parameter_line(self.report))
         self.trained_names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        self.staged = get_strategy(cfg.strategy).staged
+        self.stage: int | None = None
         frozen_heads = set(frozen_head_tasks(cfg)) if not cfg.train_frozen_head_tasks else set()
         self.trained_tasks = [t for t in self.tasks if t not in frozen_heads] if self.trained_names else []
         lengths = {t: self.tasks[t].train.lengths() for t in self.trained_tasks}
@@ -178,6 +180,7 @@ class Trainer:
         self.step = 0
         if self.resume:
             self._restore()
+        self._update_stage()
         self.store.update_status(
             self.run_id, progress=self._progress(), trainable_params=self.report["trainable_params"],
             total_params=self.report["total_params"],
@@ -192,9 +195,11 @@ class Trainer:
                     f"init_from run {cfg.init_from} uses backbone {source.backbone!r} but this run asks for "
                     f"{cfg.backbone!r}; set backbone={source.backbone!r}."
                 )
-            base, tokenizer, _ = ckpt.load_model(self.store.checkpoint_dir(cfg.init_from))
+            base, tokenizer, source_meta = ckpt.load_model(self.store.checkpoint_dir(cfg.init_from))
             torch.manual_seed(cfg.seed)
-            model = MultiTaskModel(base.backbone, label_names, cfg.pooling, cfg.head_dropout)
+            backbone = base.backbone if source_meta.get("lora") else prepare_backbone(base.backbone, cfg)
+            self.lora = source_meta.get("lora") or (lora_settings(cfg) if get_strategy(cfg.strategy).lora else None)
+            model = MultiTaskModel(backbone, label_names, cfg.pooling, cfg.head_dropout)
             for task, names in label_names.items():
                 if base.label_names.get(task) == names:  # same task, same labels: keep its trained head
                     model.heads[task].load_state_dict(base.heads[task].state_dict())
@@ -203,24 +208,37 @@ class Trainer:
             return model, tokenizer
         backbone = load_backbone(cfg.backbone, seed=cfg.seed)
         torch.manual_seed(cfg.seed)
-        model = MultiTaskModel(backbone, label_names, cfg.pooling, cfg.head_dropout)
+        self.lora = lora_settings(cfg) if get_strategy(cfg.strategy).lora else None
+        model = MultiTaskModel(prepare_backbone(backbone, cfg), label_names, cfg.pooling, cfg.head_dropout)
         # A pretrained backbone reloads from its spec, so only what training touches needs saving.
         self.delta = not cfg.backbone.startswith("minilm-l6-scratch")
         return model, load_tokenizer(cfg.backbone)
 
+    def _learning_rate(self, name: str) -> float:
+        """Heads have their own rate; with layer_lr_decay each layer gets the rate above it x decay."""
+        from core.model import group_of, num_backbone_layers
+
+        cfg = self.cfg
+        if name.startswith("heads."):
+            return cfg.head_learning_rate
+        if cfg.layer_lr_decay is None:
+            return cfg.backbone_learning_rate
+        n = num_backbone_layers(self.model)
+        group = group_of(name)
+        depth_below_top = n - 1 - int(group.split(".")[1]) if group.startswith("layer.") else n
+        return cfg.backbone_learning_rate * cfg.layer_lr_decay ** depth_below_top
+
     def _optimizer(self):
+        """AdamW over every parameter that trains at any stage (a still-frozen one has no grad: untouched)."""
         from transformers import get_linear_schedule_with_warmup
 
-        groups = []
-        for is_head, lr in ((True, self.cfg.head_learning_rate), (False, self.cfg.backbone_learning_rate)):
-            for decay in (True, False):
-                params = [
-                    p for n, p in self.model.named_parameters()
-                    if p.requires_grad and n.startswith("heads.") == is_head
-                    and (p.ndim >= 2) == decay  # no weight decay on biases and LayerNorm weights
-                ]
-                if params:
-                    groups.append({"params": params, "lr": lr, "weight_decay": self.cfg.weight_decay if decay else 0.0})
+        buckets: dict[tuple[float, bool], list] = {}
+        for name, param in self.model.named_parameters():
+            if name in self.trained_names:
+                decay = param.ndim >= 2  # no weight decay on biases and LayerNorm weights
+                buckets.setdefault((self._learning_rate(name), decay), []).append(param)
+        groups = [{"params": ps, "lr": lr, "weight_decay": self.cfg.weight_decay if decay else 0.0}
+                  for (lr, decay), ps in buckets.items()]
         if not groups:
             return None, None
         optimizer = torch.optim.AdamW(groups)
@@ -247,6 +265,20 @@ class Trainer:
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         tmp.replace(path)
+
+    def _update_stage(self) -> None:
+        """gradual_unfreeze: unfreeze one more layer from the top every ``unfreeze_every_steps``."""
+        if not self.staged:
+            return
+        every = self.cfg.unfreeze_every_steps or max(1, self.steps_per_epoch)
+        stage = self.step // every
+        if stage != self.stage:
+            apply_strategy(self.model, self.cfg, unfrozen_layers=stage)
+            if self.stage is not None or self.step == 0:
+                trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+                self.store.append_metrics(self.run_id, {"kind": "unfreeze", **self._position(),
+                                                        "unfrozen_layers": stage, "trainable_params": trainable})
+            self.stage = stage
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> str:
@@ -277,6 +309,7 @@ class Trainer:
                 )
                 schedule_epoch = epoch
             task, idx = schedule[offset]
+            self._update_stage()
             tick = time.perf_counter()
             loss, n_tokens = self._train_step(task, idx)
             elapsed = time.perf_counter() - tick
@@ -365,7 +398,7 @@ class Trainer:
         ckpt.save_checkpoint(
             self.ckpt_dir, self.model, self.tokenizer, backbone=self.cfg.backbone,
             delta_names=self.trained_names if self.delta else None, step=self.step,
-            extra={"max_length": self.cfg.max_length},
+            extra={"max_length": self.cfg.max_length, "lora": self.lora},
         )
         if with_train_state and self.optimizer is not None:
             ckpt.save_train_state(self.ckpt_dir, self.optimizer, self.scheduler, self.step, {

@@ -22,7 +22,17 @@ EXPECTED = {
     "freeze_head_a": {"embeddings": True, "layer.0": True, "head.topic": False, "head.sentiment": True},
     "freeze_head_b": {"embeddings": True, "layer.0": True, "head.topic": True, "head.sentiment": False},
     "freeze_lower": {"embeddings": False, "layer.0": False, "head.topic": True, "head.sentiment": True},
+    "freeze_embeddings": {"embeddings": False, "layer.0": True, "head.topic": True, "head.sentiment": True},
+    # One layer, a stage every 2 of 8 steps: heads, then layer.0 (step 2), then the embeddings (step 4).
+    "gradual_unfreeze": {"embeddings": True, "layer.0": True, "head.topic": True, "head.sentiment": True},
+    # BitFit and LoRA train a part of each layer: checked per parameter in test_partial_strategies.
+    "bitfit": {"head.topic": True, "head.sentiment": True},
+    "lora": {"head.topic": True, "head.sentiment": True},
     "full_finetune": {"embeddings": True, "layer.0": True, "head.topic": True, "head.sentiment": True},
+}
+OVERRIDES = {
+    "freeze_lower": {"freeze_layers": 1, "backbone": "minilm-l6:2"},
+    "gradual_unfreeze": {"unfreeze_every_steps": 2},
 }
 
 
@@ -44,8 +54,7 @@ def test_every_strategy_is_covered():
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_strategy_freezes_exactly_what_it_says(store, strategy):
     # freeze_lower with k=1 on a one-layer backbone freezes the whole backbone; k=1 of 2 layers is the real case.
-    overrides = {"freeze_layers": 1, "backbone": "minilm-l6:2"} if strategy == "freeze_lower" else {}
-    trainer = _trainer(store, tiny_config(strategy=strategy, **overrides))
+    trainer = _trainer(store, tiny_config(strategy=strategy, **OVERRIDES.get(strategy, {})))
     trainer.setup()
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     assert trainer.run() == "completed"
@@ -79,6 +88,58 @@ def test_strategy_freezes_exactly_what_it_says(store, strategy):
         assert set(t["per_class"]) == set(t["label_names"])
 
 
+@pytest.mark.parametrize("strategy", ["bitfit", "lora"])
+def test_partial_strategies_train_only_their_parameters(store, strategy):
+    trainer = _trainer(store, tiny_config(strategy=strategy, backbone="minilm-l6:2"))
+    trainer.setup()
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())}
+    backbone_changed = {n for n in changed if n.startswith("backbone.")}
+    if strategy == "bitfit":
+        assert backbone_changed and all(n.endswith(".bias") for n in backbone_changed)
+        assert any(".layer.1." in n for n in backbone_changed)
+    else:
+        assert backbone_changed and all(".lora_" in n for n in backbone_changed)
+        assert any("lora_B" in n for n in backbone_changed)
+    summary = store.read_summary(trainer.run_id)
+    assert 0 < summary["trainable_percent"] < 1.0  # both train well under 1% of the parameters
+
+
+def test_gradual_unfreeze_changes_a_layer_only_after_its_unfreeze_step(store):
+    def layer_changes(max_steps: int) -> dict[str, bool]:
+        trainer = _trainer(store, tiny_config(strategy="gradual_unfreeze", backbone="minilm-l6:2",
+                                              unfreeze_every_steps=3, max_steps=max_steps))
+        trainer.setup()
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.run()
+        out: dict[str, bool] = {}
+        for n, p in trainer.model.named_parameters():
+            out[_group(n)] = out.get(_group(n), False) or not torch.equal(before[n], p.detach())
+        return out
+
+    # Steps 0-2 train the heads only; layer.1 (the top one) unfreezes at step 3, layer.0 at step 6.
+    at3 = layer_changes(3)
+    assert at3["head.topic"] and not at3["layer.1"] and not at3["layer.0"] and not at3["embeddings"]
+    at4 = layer_changes(4)
+    assert at4["layer.1"] and not at4["layer.0"] and not at4["embeddings"]
+    runs = store.run_ids()
+    stages = [r for r in store.read_metrics(runs[0]) if r["kind"] == "unfreeze"]
+    assert [(r["step"], r["unfrozen_layers"]) for r in stages][:2] == [(0, 0), (3, 1)]
+
+
+def test_layer_lr_decay_gives_each_layer_the_rate_above_times_decay(store):
+    trainer = _trainer(store, tiny_config(strategy="full_finetune", backbone="minilm-l6:2", layer_lr_decay=0.5,
+                                          backbone_learning_rate=1e-4))
+    trainer.setup()
+    rate = trainer._learning_rate
+    assert rate("backbone.encoder.layer.1.output.dense.weight") == pytest.approx(1e-4)
+    assert rate("backbone.encoder.layer.0.output.dense.weight") == pytest.approx(5e-5)
+    assert rate("backbone.embeddings.word_embeddings.weight") == pytest.approx(2.5e-5)
+    assert rate("heads.topic.classifier.weight") == trainer.cfg.head_learning_rate
+    assert sorted({round(g["lr"], 10) for g in trainer.optimizer.param_groups}) == [2.5e-5, 5e-5, 1e-4, 5e-3]
+
+
 def test_metrics_file_parses_and_curves_are_ordered(store):
     trainer = _trainer(store, tiny_config(strategy="full_finetune"))
     trainer.run()
@@ -103,9 +164,9 @@ def test_partial_last_metrics_line_is_skipped(store):
     assert store.read_metrics(run_id) == [{"kind": "eval", "step": 0}]
 
 
-@pytest.mark.parametrize("strategy", ["frozen_backbone", "full_finetune"])
+@pytest.mark.parametrize("strategy", ["frozen_backbone", "full_finetune", "bitfit", "lora", "gradual_unfreeze"])
 def test_reloaded_checkpoint_predicts_exactly_like_the_trained_model(store, strategy):
-    trainer = _trainer(store, tiny_config(strategy=strategy))
+    trainer = _trainer(store, tiny_config(strategy=strategy, **OVERRIDES.get(strategy, {})))
     trainer.run()
     texts = ["the central bank raised interest rates again", "a dull , lifeless film", "the striker scored twice"]
     in_memory = Predictor(trainer.model, trainer.tokenizer, {"max_length": 32}, torch.device("cpu"))
@@ -117,7 +178,7 @@ def test_reloaded_checkpoint_predicts_exactly_like_the_trained_model(store, stra
     # Heads-only runs save a delta over the packaged backbone: a few KB instead of ~60 MB.
     assert meta["weights"] == "delta"
     size = ckpt.checkpoint_size_bytes(store.checkpoint_dir(trainer.run_id))
-    if strategy == "frozen_backbone":
+    if strategy in ("frozen_backbone", "bitfit", "lora"):
         assert size < 2_000_000
     assert not (store.checkpoint_dir(trainer.run_id) / "train_state.json").exists()
 
