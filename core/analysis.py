@@ -140,3 +140,30 @@ def results_table(store: RunStore, run_ids: list[str], records: dict[str, RunRec
             row[f"{task} test macro_f1"] = t.get("test_macro_f1")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def separate_models_table(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per multi-task run that has single-task partners: accuracy per task, size, time, side by side."""
+    linked: dict[str, list[RunRecord]] = {}
+    for r in records:
+        key = r.config.get("separate_of")
+        if key and r.state == "completed":
+            linked.setdefault(key, []).append(r)
+    rows = []
+    for key, members in linked.items():
+        multi = [r for r in members if len(r.config.get("tasks", [])) > 1]
+        singles = {r.config["tasks"][0]["name"]: r for r in members if len(r.config.get("tasks", [])) == 1}
+        if not multi or not singles:
+            continue
+        m = multi[0]
+        row = {"comparison": key.split(":", 1)[-1], "strategy": m.config.get("strategy"), "multi_task_run": m.id,
+               "single_task_runs": ", ".join(r.id for r in singles.values())}
+        for task, single in singles.items():
+            row[f"{task} acc (multi-task)"] = (m.summary or {}).get("tasks", {}).get(task, {}).get("test_accuracy")
+            row[f"{task} acc (alone)"] = (single.summary or {}).get("tasks", {}).get(task, {}).get("test_accuracy")
+        row["params to serve (multi-task)"] = (m.summary or {}).get("total_params")
+        row["params to serve (separate)"] = sum((r.summary or {}).get("total_params") or 0 for r in singles.values())
+        row["train s (multi-task)"] = (m.summary or {}).get("train_seconds")
+        row["train s (separate)"] = sum((r.summary or {}).get("train_seconds") or 0 for r in singles.values())
+        rows.append(row)
+    return pd.DataFrame(rows)

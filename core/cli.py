@@ -32,6 +32,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--task-{t}-label-column", dest=f"task_{t}_label_column")
         p.add_argument(f"--task-{t}-max-train-examples", dest=f"task_{t}_max_train_examples", type=int)
         p.add_argument(f"--task-{t}-loss-weight", dest=f"task_{t}_loss_weight", type=float)
+    p.add_argument("--tasks", choices=["both", "a", "b"], help="train both tasks (default), or task A or B alone")
     p.add_argument("--max-train-examples", type=int, help="cap the training examples of every task")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int)
@@ -73,6 +74,8 @@ def config_from_args(args: argparse.Namespace, store: RunStore) -> RunConfig:
                 setattr(task, field, value)
         if args.max_train_examples is not None and getattr(args, f"task_{t}_max_train_examples") is None:
             task.max_train_examples = args.max_train_examples
+    if args.tasks in ("a", "b"):
+        tasks = tasks[:1] if args.tasks == "a" else tasks[1:2]
     data["tasks"] = [t.__dict__ for t in tasks]
     for item in args.set:
         key, sep, raw = item.partition("=")
@@ -90,13 +93,28 @@ def _store(args) -> RunStore:
 
 
 def cmd_strategies(args) -> None:
+    from core.backbones import load_backbone_config
+    from core.strategies import plan
+
     items = [s.as_dict() for s in STRATEGIES.values()]
+    half = load_backbone_config(args.backbone).num_hidden_layers // 2
+    for s in items:
+        cfg = RunConfig(strategy=s["id"], backbone=args.backbone, freeze_layers=half if s["uses_freeze_layers"] else None)
+        report = plan(cfg, {"topic": 5, "sentiment": 2})
+        s.update(trainable_params=report["trainable_params"], total_params=report["total_params"],
+                 trainable_percent=report["trainable_percent"], layers=report["layers"])
+        if "initial_trainable_params" in report:
+            s["initial_trainable_params"] = report["initial_trainable_params"]
     if args.json:
         print(json.dumps(items, indent=2))
         return
+    print(f"trainable parameters on {args.backbone} with heads for 5 topics and 2 sentiments "
+          f"(freeze_lower at k={half}; gradual_unfreeze when fully unfrozen):")
     for s in items:
         extra = " (needs --freeze-layers K)" if s["uses_freeze_layers"] else ""
-        print(f"{s['id']:<18} {s['title']}{extra}\n{'':<18} {s['when_to_use']}")
+        trains = [g["group"] for g in s["layers"] if g["trainable"]]
+        print(f"{s['id']:<18} {s['trainable_params']:>11,} ({s['trainable_percent']:7.3f}%)  {s['title']}{extra}\n"
+              f"{'':<18} {s['when_to_use']}\n{'':<18} trains: {', '.join(trains) or 'nothing'}")
 
 
 def cmd_datasets(args) -> None:
@@ -165,7 +183,7 @@ def cmd_sweep(args) -> None:
         store, base, strategies=strategies, seeds=_ints(args.seeds, "--seeds"),
         backbones=_csv(args.backbones) if args.backbones else None,
         freeze_layers=_ints(args.freeze_layers_list, "--freeze-layers-list") if args.freeze_layers_list else None,
-        backend=args.backend, address=args.address,
+        backend=args.backend, address=args.address, separate_models=args.separate_models,
     )
     print(f"sweep {sweep_id}: {len(run_ids)} runs queued", file=sys.stderr)
     print("\n".join(run_ids))
@@ -280,6 +298,29 @@ def cmd_predict(args) -> None:
         print(f"{r['text'][:60]!r}: " + ", ".join(parts))
 
 
+def cmd_separate(args) -> None:
+    """Multi-task against separate models: accuracy, parameters to serve, train time, prediction latency."""
+    from core.analysis import separate_models_table
+    from core.predict import Predictor, median_latency
+
+    store = _store(args)
+    records = [r for r in store.list_runs() if (r.config.get("sweep_id") or "") == args.sweep or not args.sweep]
+    table = separate_models_table(records)
+    if table.empty:
+        print("no completed multi-task run with single-task partners; run `python -m core sweep --separate-models`")
+        return
+    texts = ["the central bank raised interest rates again", "a warm , funny and beautifully acted film"] * 16
+    for i, row in table.iterrows():
+        multi = Predictor.from_run(store, row["multi_task_run"])
+        singles = [Predictor.from_run(store, r) for r in row["single_task_runs"].split(", ")]
+        table.loc[i, "ms per 32 sentences (multi-task)"] = 1000 * median_latency([multi], texts)
+        table.loc[i, "ms per 32 sentences (separate)"] = 1000 * median_latency(singles, texts)
+    if args.json:
+        print(table.to_json(orient="records", indent=2))
+    else:
+        print(table.drop(columns=["multi_task_run", "single_task_runs"]).to_string(index=False))
+
+
 def cmd_delete(args) -> None:
     target = _store(args).delete_run(args.run)
     print(f"moved {args.run} to {target}; `python -m core restore {args.run}` brings it back")
@@ -294,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="FreezeLab: train and compare freezing strategies.")
     parser.add_argument("--runs-dir", help="runs directory (default: $FREEZELAB_RUNS_DIR or ./runs)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("strategies", help="list freezing strategies")
+    p = sub.add_parser("strategies", help="list freezing strategies with their trainable parameters")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--backbone", default="minilm-l6")
     p.set_defaults(func=cmd_strategies)
     sub.add_parser("datasets", help="list built-in datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("backbones", help="list built-in backbones").set_defaults(func=cmd_backbones)
@@ -329,7 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
             p.add_argument("--backbones", help="comma-separated backbone specs")
             p.add_argument("--freeze-layers-list", help="freeze depths for freeze_lower, e.g. 2,4")
+            p.add_argument("--separate-models", action="store_true",
+                           help="also train each task alone with the same settings, to compare with multi-task")
         p.set_defaults(func=func)
+    p = sub.add_parser("separate-report", help="multi-task against separate models (from a --separate-models sweep)")
+    p.add_argument("sweep", nargs="?", default="", help="sweep id (default: all runs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_separate)
     p = sub.add_parser("queue", help="show the runner, running and queued runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_queue)

@@ -62,9 +62,12 @@ def submit(
 def sweep(
     store: RunStore, base: RunConfig, *, strategies: list[str], seeds: list[int], backbones: list[str] | None = None,
     freeze_layers: list[int] | None = None, backend: str = "local", address: str | None = None,
-    start_runner: bool = True,
+    start_runner: bool = True, separate_models: bool = False,
 ) -> tuple[str, list[str]]:
-    """Submit strategies x seeds (x backbones x freeze depths) sharing one sweep id."""
+    """Submit strategies x seeds (x backbones x freeze depths) sharing one sweep id.
+
+    ``separate_models``: next to each two-task run, also one run per task alone with the same
+    settings, linked by ``separate_of``, so multi-task can be weighed against separate models."""
     from core.backbones import load_backbone_config
     from core.store import slugify
     from core.strategies import get_strategy
@@ -83,7 +86,12 @@ def sweep(
             d.update(strategy=strategy, seed=seed, backbone=backbone, freeze_layers=k, sweep_id=sweep_id)
             label = f"{strategy}{'-k' + str(k) if k is not None else ''}-s{seed}"
             d["name"] = f"{base.name}-{label}" if base.name else label
+            single = separate_models and len(base.tasks) == 2 and get_strategy(strategy).frozen_head_task is None
+            if single:
+                d["separate_of"] = f"{sweep_id}:{label}"
             configs.append(RunConfig.from_dict(d).validate())  # all valid before any is queued
+            for task in base.tasks if single else []:
+                configs.append(RunConfig.from_dict({**d, "tasks": [task.__dict__], "name": f"{d['name']}-only-{task.name}"}).validate())
     run_ids = []
     for i, cfg in enumerate(configs):
         run_id = f"{sweep_id}-{i:03d}-{slugify(cfg.name or cfg.strategy, 60)}"

@@ -64,3 +64,16 @@ class Predictor:
         tick = time.perf_counter()
         results = self.predict(texts)
         return results, time.perf_counter() - tick
+
+
+def median_latency(predictors: list[Predictor], texts: list[str], repeats: int = 7) -> float:
+    """Median seconds to get every task's prediction for ``texts`` from all ``predictors`` in turn."""
+    for p in predictors:  # warm-up: first calls pay for allocation
+        p.probabilities(texts)
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        for p in predictors:
+            p.probabilities(texts)
+        times.append(time.perf_counter() - tick)
+    return sorted(times)[len(times) // 2]

@@ -177,7 +177,7 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy(
             "lora",
             "LoRA adapters (peft)",
-            "Low-rank adapters on the attention projections: ~1% of parameters train, the backbone stays intact.",
+            "Low-rank adapters on the attention projections: ~0.3% of parameters train (r=8), the backbone stays intact.",
             _lora,
             lora=True,
         ),

@@ -203,3 +203,26 @@ def test_ray_backend_runs_two_runs_on_a_local_ray_instance(jstore):
             _kill(info["pid"])
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_separate_models_sweep_gives_three_comparable_runs(jstore):
+    from core.analysis import separate_models_table
+    from core.train import train_run
+
+    sweep_id, ids = jobs.sweep(jstore, tiny_config(), strategies=["frozen_backbone"], seeds=[0],
+                               separate_models=True, start_runner=False)
+    assert len(ids) == 3
+    configs = [jstore.read_config(i) for i in ids]
+    assert [len(c.tasks) for c in configs] == [2, 1, 1]
+    assert [c.tasks[0].name for c in configs[1:]] == ["topic", "sentiment"]
+    assert len({c.separate_of for c in configs}) == 1
+    for run_id in ids:
+        assert train_run(jstore, run_id) == "completed"
+    table = separate_models_table(jstore.list_runs())
+    assert len(table) == 1
+    row = table.iloc[0]
+    for task in ("topic", "sentiment"):
+        assert 0 <= row[f"{task} acc (multi-task)"] <= 1 and 0 <= row[f"{task} acc (alone)"] <= 1
+    # Two single-task models carry two backbones: nearly twice the parameters to serve.
+    assert row["params to serve (separate)"] > 1.9 * row["params to serve (multi-task)"] * 0.99
+    assert set(jstore.read_summary(ids[1])["tasks"]) == {"topic"}
