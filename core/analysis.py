@@ -138,6 +138,9 @@ def results_table(store: RunStore, run_ids: list[str], records: dict[str, RunRec
         for task, t in (summary.get("tasks") or {}).items():
             row[f"{task} test accuracy"] = t.get("test_accuracy")
             row[f"{task} test macro_f1"] = t.get("test_macro_f1")
+            # Start-to-end change of validation accuracy; for a frozen head, the backbone's drift.
+            row[f"{task} val accuracy change"] = t.get("val_accuracy_change")
+            row[f"{task} head"] = "frozen" if t.get("head_frozen") else ("trained" if t.get("trained") else "not trained")
         rows.append(row)
     return pd.DataFrame(rows)
 

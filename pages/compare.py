@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.analysis import config_diff, ema, load_curves, pareto_front, results_table, runs_table
+from core.analysis import config_diff, ema, load_curves, pareto_front, results_table, runs_table, separate_models_table
 from pages.common import get_store, guarded
 
 PALETTE = px.colors.qualitative.D3
@@ -148,7 +148,7 @@ def page() -> None:
         st.info("Choose runs above (filters narrow the list).")
         return
     names = dict(zip(table["id"], table["name"]))
-    tabs = st.tabs(["Curves", "Results", "Cost vs accuracy", "Config diff", "Per class"])
+    tabs = st.tabs(["Curves", "Results", "Cost vs accuracy", "Config diff", "Per class", "Multi-task vs separate"])
     with tabs[0]:
         curves_ui(run_ids, table[table["id"].isin(run_ids)])
     with tabs[1]:
@@ -164,6 +164,13 @@ def page() -> None:
             st.dataframe(diff, width="stretch")
     with tabs[4]:
         per_class_ui(run_ids, records, names)
+    with tabs[5]:
+        separate = separate_models_table([records[r] for r in run_ids])
+        if separate.empty:
+            st.info("Launch a sweep with \"Also train each task alone\" to weigh one multi-task model against two "
+                    "single-task ones. `python -m core separate-report` adds prediction latency.")
+        else:
+            st.dataframe(separate.drop(columns=["multi_task_run", "single_task_runs"]), hide_index=True, width="stretch")
 
 
 page()

@@ -108,10 +108,17 @@ def page() -> None:
                    "Any Hugging Face encoder; a hub id needs network access.")
         strategy = st.selectbox("Strategy", list(STRATEGIES), index=list(STRATEGIES).index("frozen_backbone"), format_func=lambda s: f"{s}: {STRATEGIES[s].title}")
         st.info(STRATEGIES[strategy].when_to_use)
-        freeze_layers = None
+        freeze_layers, extra = None, {}
         if STRATEGIES[strategy].uses_freeze_layers:
             freeze_layers = st.slider("Freeze the bottom k transformer layers", 0, 12, 3,
                                       help="The embeddings are frozen too. k=0 freezes the embeddings only.")
+        if STRATEGIES[strategy].staged:
+            every = st.number_input("Unfreeze one more layer every N steps (0 = every epoch)", 0, 100000, 0)
+            extra["unfreeze_every_steps"] = int(every) or None
+        if STRATEGIES[strategy].lora:
+            r_col, a_col = st.columns(2)
+            extra["lora_r"] = int(r_col.number_input("LoRA rank r", 1, 256, 8))
+            extra["lora_alpha"] = int(a_col.number_input("LoRA alpha", 1, 1024, 16))
         a_col, b_col = st.columns(2)
         with a_col:
             task_a, labels_a = task_ui("A", "topic", "bbc_topics")
@@ -129,6 +136,10 @@ def page() -> None:
                                     help="How batches of the two tasks are mixed; temperature uses size^(1/2) (T5).")
             name = c2.text_input("Run name (optional)")
             seeds_text = c3.text_input("Seeds", "0", help="Comma-separated; one run per seed.")
+            decay = c1.number_input("Layer-wise LR decay (1 = off)", 0.1, 1.0, 1.0, step=0.05,
+                                    help="Each layer's rate is the one above it times this (0.95 in Sun et al. 2019).")
+            if decay < 1.0:
+                extra["layer_lr_decay"] = float(decay)
     tasks = [t for t in (task_a, task_b) if t is not None]
     cfg, problem, seeds = None, None, []
     try:
@@ -140,7 +151,7 @@ def page() -> None:
             strategy=strategy, freeze_layers=freeze_layers, backbone=(backbone or "").strip(), tasks=tasks,
             epochs=float(epochs), batch_size=int(batch_size), max_length=int(max_length),
             head_learning_rate=float(head_lr), backbone_learning_rate=float(backbone_lr),
-            eval_every_steps=int(eval_every), task_sampling=sampling, name=name.strip() or None,
+            eval_every_steps=int(eval_every), task_sampling=sampling, name=name.strip() or None, **extra,
         ).validate()
         if not seeds:
             raise ConfigError(problem or "Seeds is empty: give at least one, e.g. 0 or 0,1,2.")
@@ -175,9 +186,12 @@ def page() -> None:
     with c2:
         with st.popover("Launch a sweep", width="stretch", disabled=cfg is None):
             picked = st.multiselect("Strategies", list(STRATEGIES), default=["frozen_backbone", "freeze_lower", "full_finetune"])
-            st.caption(f"{len(picked)} strategies x {len(seeds)} seeds = {len(picked) * len(seeds)} runs, in the background.")
+            separate = st.checkbox("Also train each task alone (multi-task vs separate models)",
+                                   disabled=len(tasks) < 2)
+            st.caption(f"{len(picked)} strategies x {len(seeds)} seeds = {len(picked) * len(seeds)} runs"
+                       f"{' (x3 with separate models)' if separate else ''}, in the background.")
             if st.button("Queue the sweep", disabled=not picked):
-                sweep_id, ids = jobs.sweep(get_store(), cfg, strategies=picked, seeds=seeds)
+                sweep_id, ids = jobs.sweep(get_store(), cfg, strategies=picked, seeds=seeds, separate_models=separate)
                 st.success(f"Queued sweep {sweep_id} with {len(ids)} runs. Compare them on the Compare page.")
 
 
