@@ -80,6 +80,7 @@ class RunConfig:
     lora_dropout: float = 0.1
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
     separate_of: str | None = None  # links single-task runs to the multi-task run they are compared with
+    cache_frozen_backbone: bool = True  # a fully frozen backbone is computed once and cached on disk
     train_frozen_head_tasks: bool = False  # True: a frozen head's task still sends its loss into the backbone
     log_every_steps: int = 10
     eval_every_steps: int = 50

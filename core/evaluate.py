@@ -26,6 +26,30 @@ def predict_logits(
     return out
 
 
+@torch.inference_mode()
+def embed_split(model: MultiTaskModel, enc: Encoded, batch_size: int, pad_id: int, device: torch.device) -> torch.Tensor:
+    """Pooled sentence embeddings of a whole split, in evaluation mode (what a frozen backbone gives)."""
+    was_training = model.training
+    model.eval()
+    out = torch.zeros((len(enc), model.backbone.config.hidden_size), dtype=torch.float32)
+    for idx in eval_batches(enc.lengths(), batch_size):
+        ids, mask, _, _ = collate(enc, idx, pad_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out[idx] = model.embed(ids.to(device), mask.to(device)).float().cpu()
+    model.train(was_training)
+    return out
+
+
+@torch.inference_mode()
+def head_logits(model: MultiTaskModel, task: str, embeddings: torch.Tensor, device: torch.device) -> np.ndarray:
+    head = model.heads[task]
+    was_training = head.training
+    head.eval()
+    logits = head(embeddings.to(device)).float().cpu().numpy()
+    head.train(was_training)
+    return logits
+
+
 def score(logits: np.ndarray, labels: list[int], n_labels: int) -> dict:
     y = np.asarray(labels)
     pred = logits.argmax(1)

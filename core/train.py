@@ -25,9 +25,10 @@ from safetensors.torch import load_file
 from core import checkpoint as ckpt
 from core.backbones import BackboneError, load_backbone, load_tokenizer
 from core.batching import Encoded, collate, encode, epoch_schedule, steps_per_epoch
+from core.cache import EmbeddingCache, cache_key
 from core.config import ConfigError, RunConfig
 from core.data import DataError, TaskData, load_task_data
-from core.evaluate import full_report, predict_logits, score
+from core.evaluate import embed_split, full_report, head_logits, predict_logits, score
 from core.model import MultiTaskModel, format_parameter_line, parameter_report
 from core.store import InvalidRunId, RunNotFound, RunStore
 from core.strategies import apply_strategy, frozen_head_tasks, get_strategy, lora_settings, prepare_backbone
@@ -165,6 +166,9 @@ class Trainer:
         self.trained_names = {n for n, p in self.model.named_parameters() if p.requires_grad}
         self.staged = get_strategy(cfg.strategy).staged
         self.stage: int | None = None
+        # Nothing below the heads ever trains: compute the backbone once (cached across runs), train heads on it.
+        self.cached = (cfg.cache_frozen_backbone and not cfg.init_from and not self.staged
+                       and all(n.startswith("heads.") for n in self.trained_names))
         frozen_heads = set(frozen_head_tasks(cfg)) if not cfg.train_frozen_head_tasks else set()
         self.trained_tasks = [t for t in self.tasks if t not in frozen_heads] if self.trained_names else []
         lengths = {t: self.tasks[t].train.lengths() for t in self.trained_tasks}
@@ -176,6 +180,9 @@ class Trainer:
             self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.model.to(self.device)
+        self.embeddings: dict[tuple[str, str], torch.Tensor] = {}
+        if self.cached:
+            self._load_embeddings()
         self.optimizer, self.scheduler = self._optimizer()
         self.step = 0
         if self.resume:
@@ -213,6 +220,23 @@ class Trainer:
         # A pretrained backbone reloads from its spec, so only what training touches needs saving.
         self.delta = not cfg.backbone.startswith("minilm-l6-scratch")
         return model, load_tokenizer(cfg.backbone)
+
+    def _load_embeddings(self) -> None:
+        cache = EmbeddingCache(self.store.root / ".cache" / "embeddings")
+        for task, ts in self.tasks.items():
+            for split in ("train", "validation", "test"):
+                enc = getattr(ts, split)
+                key = cache_key(self.cfg.backbone, self.cfg.seed, self.cfg.pooling, enc)
+                self.embeddings[task, split] = cache.get_or_compute(
+                    key, lambda enc=enc: embed_split(self.model, enc, self.cfg.eval_batch_size, self.pad_id, self.device))
+        self.log.info("frozen backbone: embeddings from cache %d, computed %d", cache.hits, cache.misses)
+        self.cache_hits, self.cache_misses = cache.hits, cache.misses
+
+    def _logits(self, task: str, split: str) -> np.ndarray:
+        if self.cached:
+            return head_logits(self.model, task, self.embeddings[task, split], self.device)
+        enc = getattr(self.tasks[task], split)
+        return predict_logits(self.model, enc, task, self.cfg.eval_batch_size, self.pad_id, self.device)
 
     def _learning_rate(self, name: str) -> float:
         """Heads have their own rate; with layer_lr_decay each layer gets the rate above it x decay."""
@@ -342,10 +366,16 @@ class Trainer:
     def _train_step(self, task: str, idx: list[int]) -> tuple[float, int]:
         self.model.train()
         set_frozen_eval(self.model)
-        ids, mask, labels, n_tokens = collate(self.tasks[task].train, idx, self.pad_id)
-        ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.model(ids, mask, task)
+        if self.cached:
+            enc = self.tasks[task].train
+            n_tokens = sum(len(enc.input_ids[i]) for i in idx)
+            labels = torch.tensor([enc.labels[i] for i in idx], dtype=torch.long, device=self.device)
+            logits = self.model.heads[task](self.embeddings[task, "train"][idx].to(self.device))
+        else:
+            ids, mask, labels, n_tokens = collate(self.tasks[task].train, idx, self.pad_id)
+            ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                logits = self.model(ids, mask, task)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         (loss * self.cfg.task(task).loss_weight).backward()
         if self.cfg.max_grad_norm > 0:
@@ -376,8 +406,7 @@ class Trainer:
         pos = self._position()
         results = {}
         for name, ts in self.tasks.items():
-            logits = predict_logits(self.model, ts.validation, name, self.cfg.eval_batch_size, self.pad_id, self.device)
-            results[name] = score(logits, ts.validation.labels, len(ts.data.label_names))
+            results[name] = score(self._logits(name, "validation"), ts.validation.labels, len(ts.data.label_names))
         self.store.append_metrics(
             self.run_id, *({"kind": "eval", "split": "validation", **pos, "task": t, **m} for t, m in results.items())
         )
@@ -422,7 +451,7 @@ class Trainer:
             self._evaluate()
         test = {}
         for name, ts in self.tasks.items():
-            logits = predict_logits(self.model, ts.test, name, self.cfg.eval_batch_size, self.pad_id, self.device)
+            logits = self._logits(name, "test")
             test[name] = {**score(logits, ts.test.labels, len(ts.data.label_names)),
                           **full_report(logits, ts.test.labels, ts.data.label_names)}
         self._save(with_train_state=False)
@@ -458,7 +487,7 @@ class Trainer:
             tasks[name] = entry
         return {
             "run_id": self.run_id, "state": state, "strategy": self.cfg.strategy, "backbone": self.cfg.backbone,
-            "device": str(self.device), "steps": self.step, "total_steps": self.total_steps,
+            "device": str(self.device), "steps": self.step, "embedding_cache": self.cached, "total_steps": self.total_steps,
             "epochs": self._position()["epoch"],
             "train_seconds": round(self.train_seconds, 3), "wall_seconds": round(time.time() - self.t0, 3),
             "examples_seen": self.examples_seen, "tokens_seen": self.tokens_seen,

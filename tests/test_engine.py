@@ -246,3 +246,31 @@ def test_config_round_trips_through_json(store):
     cfg = tiny_config(strategy="freeze_lower", freeze_layers=1, tags=["x"])
     run_id = store.create_run(cfg)
     assert store.read_config(run_id) == cfg
+
+
+def test_embedding_cache_changes_speed_not_results(store):
+    plain = _trainer(store, tiny_config(strategy="frozen_backbone", cache_frozen_backbone=False))
+    plain.run()
+    assert not plain.cached
+    first = _trainer(store, tiny_config(strategy="frozen_backbone"))
+    first.setup()
+    assert first.cached and (first.cache_hits, first.cache_misses) == (0, 6)  # 2 tasks x 3 splits
+    first.run()
+    for name, param in plain.model.heads.named_parameters():
+        assert torch.allclose(param, dict(first.model.heads.named_parameters())[name], atol=1e-5), name
+    a, b = store.read_summary(plain.run_id), store.read_summary(first.run_id)
+    for task in ("topic", "sentiment"):
+        assert a["tasks"][task]["test_accuracy"] == b["tasks"][task]["test_accuracy"]
+        assert a["tasks"][task]["confusion_matrix"] == b["tasks"][task]["confusion_matrix"]
+    # Another seed on the same backbone and data reuses every split; another max length does not.
+    again = _trainer(store, tiny_config(strategy="frozen_backbone", seed=1))
+    again.setup()
+    assert (again.cache_hits, again.cache_misses) == (6, 0)
+    other = _trainer(store, tiny_config(strategy="frozen_backbone", max_length=16))
+    other.setup()
+    assert other.cache_misses == 6
+    # The cached run's checkpoint predicts like the uncached one's.
+    texts = ["stocks rallied after the earnings report", "a tedious mess"]
+    pa = Predictor.from_run(store, plain.run_id, device="cpu").probabilities(texts)
+    pb = Predictor.from_run(store, first.run_id, device="cpu").probabilities(texts)
+    assert all(torch.allclose(pa[t], pb[t], atol=1e-5) for t in pa)
