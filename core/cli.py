@@ -321,6 +321,22 @@ def cmd_separate(args) -> None:
         print(table.drop(columns=["multi_task_run", "single_task_runs"]).to_string(index=False))
 
 
+def cmd_bench(args) -> None:
+    from core.bench import main as bench_main
+
+    lines = bench_main(quick=args.quick, sections=args.sections)
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        command = "python -m core bench" + (" --quick" if args.quick else "") + (f" --sections {args.sections}"
+                                                                                if args.sections != BENCH_ALL else "")
+        with open(args.write, "w", encoding="utf-8") as fh:
+            fh.write(f"# Benchmarks\n\nMeasured with `{command}` (the figures below are its output).\n\n```\n{text}\n```\n")
+
+
+BENCH_ALL = "training,dashboard,memory"
+
+
 def cmd_delete(args) -> None:
     target = _store(args).delete_run(args.run)
     print(f"moved {args.run} to {target}; `python -m core restore {args.run}` brings it back")
@@ -378,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", nargs="?", default="", help="sweep id (default: all runs)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_separate)
+    p = sub.add_parser("bench", help="measure speed and memory against a plain transformers.Trainer script")
+    p.add_argument("--quick", action="store_true", help="smaller data, for a quick look")
+    p.add_argument("--sections", default=BENCH_ALL, help="comma-separated: training, dashboard, memory")
+    p.add_argument("--write", help="also write the figures to this file, e.g. BENCHMARKS.md")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("queue", help="show the runner, running and queued runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_queue)

@@ -49,7 +49,7 @@ class TaskData:
 
 
 BUILTIN_DATASETS: dict[str, str] = {
-    "bbc_topics": "BBC News topics (5 classes): headlines and article sentences (~38k), split by article",
+    "bbc_topics": "BBC News topics (5 classes): headlines and article sentences (~40k), split by article",
     "rt_sentiment": "Rotten Tomatoes sentence polarity (2 classes, 8,530 short sentences)",
     "imdb_sentiment": "IMDB movie review polarity (2 classes, 25,000 long reviews)",
 }
@@ -321,15 +321,16 @@ def _table_corpus(df: pd.DataFrame, source: str, text_column: str, label_column:
 
 
 # -- splitting --------------------------------------------------------------------------------------
+_Pair = tuple[np.ndarray, np.ndarray]  # (rest, picked) row indices
+
+
 def _can_stratify(labels: np.ndarray, n_pick: int) -> bool:
     counts = np.unique(labels, return_counts=True)[1]
     # sklearn needs 2+ examples per class and room for every class on both sides.
     return counts.min() >= 2 and len(counts) <= n_pick <= len(labels) - len(counts)
 
 
-def _cover_classes(
-    rest: np.ndarray, picked: np.ndarray, labels: np.ndarray, seed: int, keep_rest: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def _cover_classes(rest: np.ndarray, picked: np.ndarray, labels: np.ndarray, seed: int, keep_rest: bool) -> _Pair:
     """Swap examples so ``picked`` holds every class (rounding can starve a rare one), if sizes allow."""
     rng = np.random.default_rng(seed)
     rest, picked = rest.copy(), picked.copy()
@@ -344,9 +345,7 @@ def _cover_classes(
     return rest, picked
 
 
-def _pick(
-    idx: np.ndarray, labels: np.ndarray, size: int, seed: int, keep_rest: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def _pick(idx: np.ndarray, labels: np.ndarray, size: int, seed: int, keep_rest: bool = True) -> _Pair:
     """(rest, picked): ``size`` of ``idx`` picked, seeded, stratified by label when the class counts allow."""
     from sklearn.model_selection import train_test_split  # 2 s import: only paid when a split is made
 

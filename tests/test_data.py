@@ -200,6 +200,18 @@ def test_hf_local_folder_concatenates_splits_and_resplits(tmp_path, monkeypatch)
     assert [len(s) for s in splits(data).values()] == [48, 6, 6]
 
 
+def test_hf_class_label_ids_become_their_names(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    (tmp_path / "cl").mkdir()
+    ds = datasets.Dataset.from_dict({"text": [review(i) for i in range(30)], "label": [i % 2 for i in range(30)]})
+    ds.cast_column("label", datasets.ClassLabel(names=["neg", "pos"])).to_parquet(tmp_path / "cl" / "train.parquet")
+    data = load_task_data("s", f"hf:{tmp_path / 'cl'}")
+    assert data.label_names == ["neg", "pos"]
+    assert all(("great" in t) == (y == 1) for t, y in zip(data.train.texts, data.train.labels))
+
+
 def test_hf_unreachable_dataset_is_a_data_error(monkeypatch):
     import datasets
     import huggingface_hub.constants

@@ -1,0 +1,274 @@
+"""Benchmark: ``python -m core bench``. Prints figures and ratios; asserts nothing.
+
+Each comparison runs both sides in this one process on the default data (Rotten Tomatoes sentiment for
+the single-task comparisons), so the ratios are measured under the same conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from core.config import RunConfig, TaskConfig
+from core.store import RunStore, write_json_atomic
+
+LOG = logging.getLogger("bench")
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - tick)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def flops_per_training_token(backbone, seq_len: float) -> float:
+    """~6 FLOPs per non-embedding parameter per token (forward + backward), plus attention scores."""
+    cfg = backbone.config
+    non_embedding = sum(p.numel() for n, p in backbone.named_parameters() if "embeddings" not in n)
+    attention = 6 * 2 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    return 6 * non_embedding + attention
+
+
+def _freezelab_run(store: RunStore, **overrides) -> tuple[dict, float]:
+    from core.train import Trainer
+
+    cfg = RunConfig(**{"device": "auto", "max_eval_examples": 200, "eval_every_steps": 10_000, **overrides})
+    run_id = store.create_run(cfg)
+    tick = time.perf_counter()
+    Trainer(store, run_id, LOG, resume=False, show_progress=False).run()
+    return store.read_summary(run_id), time.perf_counter() - tick
+
+
+def _trainer_run(n_train: int, epochs: float, max_length: int, freeze_backbone: bool) -> tuple[float, int, float]:
+    """A plain transformers.Trainer script on the same model: returns train seconds, real tokens, wall s."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from core.backbones import load_backbone, load_tokenizer
+    from core.data import load_task_data
+    from core.model import MultiTaskModel
+
+    tick = time.perf_counter()
+    data = load_task_data("sentiment", "rt_sentiment", max_train_examples=n_train, max_eval_examples=200)
+    tok = load_tokenizer("minilm-l6")
+    enc = tok(data.train.texts, truncation=True, max_length=max_length)
+    rows = [{"input_ids": i, "attention_mask": m, "labels": y}
+            for i, m, y in zip(enc["input_ids"], enc["attention_mask"], data.train.labels)]
+    model = MultiTaskModel(load_backbone("minilm-l6"), {"sentiment": data.label_names})
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, labels=None):
+            logits = self.inner(input_ids, attention_mask, "sentiment")
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    if freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    out = tempfile.mkdtemp(prefix="hf-trainer-")
+    args = TrainingArguments(output_dir=out, per_device_train_batch_size=32, num_train_epochs=epochs,
+                             learning_rate=5e-5, save_strategy="no", eval_strategy="no", report_to=[],
+                             logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    trainer = Trainer(model=Wrapped(model), args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tok))
+    result = trainer.train()
+    tokens = int(sum(len(i) for i in enc["input_ids"]) * epochs)
+    return float(result.metrics["train_runtime"]), tokens, time.perf_counter() - tick
+
+
+def bench_training(quick: bool) -> list[str]:
+    lines = []
+    n_train, max_length = (256, 64) if quick else (1000, 64)
+    single = [TaskConfig(name="sentiment", dataset="rt_sentiment", max_train_examples=n_train)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(Path(tmp) / "runs")
+        # 1. full fine-tuning, one task
+        ours, _ = _freezelab_run(store, strategy="full_finetune", tasks=single, epochs=1, batch_size=32,
+                                 max_length=max_length, backbone_learning_rate=5e-5)
+        hf_seconds, hf_tokens, _ = _trainer_run(n_train, 1, max_length, freeze_backbone=False)
+        ours_tps, hf_tps = ours["tokens_per_second"], hf_tokens / hf_seconds
+        from core.backbones import load_backbone
+
+        seq = ours["tokens_seen"] / max(1, ours["examples_seen"])
+        gflops = matmul_gflops()
+        ceiling = gflops * 1e9 / flops_per_training_token(load_backbone("minilm-l6"), seq)
+        lines += [
+            f"1. full fine-tuning, sentiment, {n_train} examples, batch 32, max length {max_length}, 1 epoch",
+            f"   FreezeLab {ours_tps:,.0f} real tokens/s; transformers.Trainer {hf_tps:,.0f} real tokens/s; "
+            f"ratio {ours_tps / hf_tps:.2f}x (target >= 1.3x)",
+            f"   matmul {gflops:.0f} GFLOP/s -> ceiling {ceiling:,.0f} tokens/s at {seq:.1f} tokens/sentence; "
+            f"FreezeLab at {100 * ours_tps / ceiling:.0f}% of it (target >= 60%)",
+        ]
+        # 2. frozen backbone, 3 epochs, then a sweep of 5 reusing the cache
+        _, ours_wall = _freezelab_run(store, strategy="frozen_backbone", tasks=single, epochs=3, max_length=max_length)
+        _, _, hf_wall = _trainer_run(n_train, 3, max_length, freeze_backbone=True)
+        sweep_tick = time.perf_counter()
+        for seed in range(1, 6):
+            _freezelab_run(store, strategy="frozen_backbone", tasks=single, epochs=3, max_length=max_length, seed=seed)
+        sweep_wall = time.perf_counter() - sweep_tick
+        lines += [
+            "2. frozen backbone, 3 epochs (wall time incl. data, model load, training, evaluation)",
+            f"   FreezeLab {ours_wall:.1f} s (cold cache); Trainer {hf_wall:.1f} s; {hf_wall / ours_wall:.2f}x faster "
+            f"(target >= 2.5x)",
+            f"   sweep of 5 more seeds {sweep_wall:.1f} s = {sweep_wall / ours_wall:.2f}x one cold run (target <= 1.5x)",
+        ]
+        # 3. freeze the bottom 4 of 6 layers against full fine-tuning, per epoch
+        lower, _ = _freezelab_run(store, strategy="freeze_lower", freeze_layers=4, tasks=single, epochs=1,
+                                  max_length=max_length)
+        lines += [
+            "3. freeze_lower k=4 of 6 against full_finetune, training seconds per epoch",
+            f"   freeze_lower {lower['train_seconds']:.1f} s; full_finetune {ours['train_seconds']:.1f} s; "
+            f"{ours['train_seconds'] / lower['train_seconds']:.2f}x faster (target >= 2.5x)",
+        ]
+        lines += bench_prediction(store)
+    return lines
+
+
+def bench_prediction(store: RunStore) -> list[str]:
+    from core.predict import Predictor
+
+    run_ids = [r for r in store.run_ids() if store.read_status(r).get("state") == "completed"][:4]
+    predictor = Predictor.from_run(store, run_ids[0])
+    model, tok = predictor.model, predictor.tokenizer
+    sentence = "a gorgeous , witty , seductive movie ."
+
+    def naive() -> None:  # what a first script does: pad to the max length, no inference mode
+        enc = tok([sentence], padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            model.predict_all(enc["input_ids"], enc["attention_mask"])
+
+    def ours() -> None:
+        predictor.probabilities([sentence])
+
+    def timings(fn, n: int = 60) -> list[float]:
+        fn()
+        out = []
+        for _ in range(n):
+            tick = time.perf_counter()
+            fn()
+            out.append(1000 * (time.perf_counter() - tick))
+        return sorted(out)
+
+    t_ours, t_naive = timings(ours), timings(naive)
+    predictors = [Predictor.from_run(store, r) for r in run_ids]
+    t_four = timings(lambda: [p.probabilities([sentence]) for p in predictors], 30)
+
+    def p95(t: list[float]) -> float:
+        return t[int(0.95 * (len(t) - 1))]
+
+    return [
+        "4. Playground, one sentence, one model (naive: pad to 128 tokens, torch.no_grad)",
+        f"   FreezeLab median {statistics.median(t_ours):.1f} ms, p95 {p95(t_ours):.1f} ms; naive median "
+        f"{statistics.median(t_naive):.1f} ms, p95 {p95(t_naive):.1f} ms; ratio "
+        f"{statistics.median(t_ours) / statistics.median(t_naive):.2f}x (target <= 0.6x and <= 10 ms)",
+        f"   {len(predictors)} models side by side: median {statistics.median(t_four):.1f} ms",
+    ]
+
+
+def synthetic_runs(root: Path, n: int, points: int = 100) -> None:
+    """Run folders with realistic files, for timing the pages (no training)."""
+    import json
+    import random
+
+    store = RunStore(root)
+    rng = random.Random(0)
+    strategies = ["frozen_backbone", "full_finetune", "freeze_lower", "bitfit", "lora"]
+    for i in range(n):
+        cfg = RunConfig(strategy=strategies[i % 5], freeze_layers=3 if i % 5 == 2 else None, seed=i // 5 % 3,
+                        sweep_id=f"sweep-{i // 50:03d}", name=f"run-{i:04d}")
+        run_id = store.create_run(cfg, state="completed", run_id=f"synthetic-{i:04d}")
+        with open(store.path(run_id) / "metrics.jsonl", "w") as fh:
+            for k in range(points):
+                for task in ("topic", "sentiment"):
+                    acc = min(1.0, 0.3 + 0.6 * k / points + rng.random() * 0.05)
+                    fh.write(json.dumps({"kind": "eval", "split": "validation", "step": k * 10, "epoch": k / 10,
+                                         "wall_seconds": k * 2.0, "task": task, "loss": 1 - acc, "accuracy": acc,
+                                         "macro_f1": acc - 0.02}) + "\n")
+        tasks = {t: {"test_accuracy": rng.random(), "test_macro_f1": rng.random(), "label_names": ["a", "b"],
+                     "confusion_matrix": [[5, 1], [2, 6]], "per_class": {"a": {"f1": 0.8}, "b": {"f1": 0.7}},
+                     "val_accuracy_change": 0.1} for t in ("topic", "sentiment")}
+        write_json_atomic(store.path(run_id) / "summary.json", {
+            "trainable_params": rng.randint(1000, 22_000_000), "total_params": 22_568_071,
+            "train_seconds": rng.random() * 100, "tokens_per_second": 1000.0, "tasks": tasks})
+
+
+def bench_dashboard() -> list[str]:
+    from streamlit.testing.v1 import AppTest
+
+    lines = ["5. dashboard render time (AppTest, synthetic runs with 100 eval points x 2 tasks each)"]
+    root = Path(__file__).resolve().parents[1]
+    for n, page in ((200, "pages/compare.py"), (200, "pages/runs.py"), (1000, "pages/runs.py"), (1000, "pages/compare.py")):
+        with tempfile.TemporaryDirectory() as tmp:
+            synthetic_runs(Path(tmp) / "runs", n)
+            os.environ["FREEZELAB_RUNS_DIR"] = str(Path(tmp) / "runs")
+            at = AppTest.from_file(str(root / "app.py"), default_timeout=120)
+            at.switch_page(page)
+            at.run()  # first run imports and warms caches
+            times = []
+            for _ in range(3):
+                tick = time.perf_counter()
+                at.run()
+                times.append(time.perf_counter() - tick)
+            ok = "ok" if not at.exception else f"EXCEPTION {at.exception[0].value}"
+            lines.append(f"   {page} with {n} runs: {min(times):.2f} s ({ok})")
+    lines.append("   targets: Compare with 200 runs < 1.5 s, Runs with 1,000 runs < 1 s")
+    return lines
+
+
+def _peak_rss_mb(code: str, env: dict, root: Path) -> tuple[float, str]:
+    """Run Python code in a child that reports its own peak RSS on its last stderr line."""
+    wrapper = (f"import resource, sys\ntry:\n    exec({code!r})\nexcept SystemExit:\n    pass\n"
+               "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", wrapper], cwd=root, env=env, capture_output=True, text=True)
+    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK ")]
+    return (int(peak[-1].split()[1]) / 1024 if peak else float("nan")), proc.stdout
+
+
+def bench_memory() -> list[str]:
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = str(Path(tmp) / "runs")
+        env = {**os.environ, "FREEZELAB_RUNS_DIR": runs}
+        train = ("import sys; from core.cli import main; sys.exit(main(['train', '--strategy', 'full_finetune', "
+                 "'--max-train-examples', '300', '--epochs', '1', '--max-eval-examples', '200']))")
+        train_peak, out = _peak_rss_mb(train, env, root)
+        run_id = out.strip().splitlines()[-1]
+        four = ("import streamlit, plotly, pandas\nfrom core.store import RunStore\nfrom core.predict import Predictor\n"
+                f"ps = [Predictor.from_run(RunStore({runs!r}), {run_id!r}) for _ in range(4)]\n"
+                "[p.probabilities(['a fine film']) for p in ps]")
+        four_peak, _ = _peak_rss_mb(four, env, root)
+    return [
+        "6. peak memory (RSS)",
+        f"   full fine-tuning run (two tasks, MiniLM-L6, batch 32): {train_peak:,.0f} MB (target < 2,500 MB)",
+        f"   dashboard libraries + four MiniLM-L6 models loaded and predicting: {four_peak:,.0f} MB (target < 1,500 MB)",
+    ]
+
+
+def main(quick: bool = False, sections: str = "training,dashboard,memory") -> list[str]:
+    torch.manual_seed(0)
+    header = [f"FreezeLab benchmark, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
+              f"{os.cpu_count()} CPU cores, threads {torch.get_num_threads()}, "
+              f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"]
+    lines = header
+    chosen = sections.split(",")
+    if "memory" in chosen:  # first: its children must not inherit a large parent peak
+        lines += bench_memory()
+    if "training" in chosen:
+        lines += bench_training(quick)
+    if "dashboard" in chosen:
+        lines += bench_dashboard()
+    return lines
