@@ -52,18 +52,81 @@ class EmbeddingCache:
         self.misses = 0
 
     def get_or_compute(self, key: str, compute) -> torch.Tensor:
+        return self.get_or_compute_tensors(key, lambda: {"embeddings": compute()})["embeddings"]
+
+    def get_or_compute_tensors(self, key: str, compute) -> dict[str, torch.Tensor]:
         path = self.root / f"{key}.safetensors"
         if path.is_file():
             try:
+                tensors = load_file(str(path))
                 self.hits += 1
-                return load_file(str(path))["embeddings"]
+                return tensors
             except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                 path.unlink(missing_ok=True)
-                self.hits -= 1
         self.misses += 1
-        emb = compute().contiguous()
+        tensors = {name: t.contiguous() for name, t in compute().items()}
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"embeddings": emb}, str(tmp))
+        save_file(tensors, str(tmp))
         tmp.replace(path)
-        return emb
+        return tensors
+
+
+class LowerStates:
+    """Token hidden states after the frozen bottom k layers, one ragged row per sentence."""
+
+    def __init__(self, flat: torch.Tensor, offsets: torch.Tensor) -> None:
+        self.flat, self.offsets = flat, offsets
+
+    def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.flat[self.offsets[i] : self.offsets[i + 1]] for i in idx]
+        width = max(r.shape[0] for r in rows)
+        hidden = torch.zeros((len(rows), width, self.flat.shape[1]), dtype=self.flat.dtype)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            hidden[j, : r.shape[0]] = r
+            mask[j, : r.shape[0]] = 1
+        return hidden, mask
+
+    def as_tensors(self) -> dict[str, torch.Tensor]:
+        return {"flat": self.flat.contiguous(), "offsets": self.offsets.contiguous()}
+
+
+def supports_layer_split(backbone) -> bool:
+    return hasattr(backbone, "embeddings") and hasattr(getattr(backbone, "encoder", None), "layer")
+
+
+def layer_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The (batch, 1, 1, length) boolean mask BERT-style layers take: True where a real token is."""
+    return attention_mask[:, None, None, :].bool()
+
+
+@torch.inference_mode()
+def compute_lower_states(backbone, enc: Encoded, k: int, batch_size: int, pad_id: int, device) -> LowerStates:
+    from core.batching import collate, eval_batches
+
+    was_training = backbone.training
+    backbone.eval()
+    rows: list[torch.Tensor | None] = [None] * len(enc)
+    for idx in eval_batches(enc.lengths(), batch_size):
+        ids, mask, _, _ = collate(enc, idx, pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = backbone.embeddings(input_ids=ids)
+        for layer in backbone.encoder.layer[:k]:
+            hidden = layer(hidden, attention_mask=layer_mask(mask))
+        for j, i in enumerate(idx):
+            rows[i] = hidden[j, : int(mask[j].sum())].float().cpu()
+    backbone.train(was_training)
+    lengths = torch.tensor([r.shape[0] for r in rows])
+    offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    return LowerStates(torch.cat(rows), offsets)
+
+
+def top_forward(backbone, states: LowerStates, idx: list[int], k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run only the layers above k on cached states; returns the last hidden states and the mask."""
+    hidden, mask = states.batch(idx)
+    hidden, mask = hidden.to(device), mask.to(device)
+    for layer in backbone.encoder.layer[k:]:
+        hidden = layer(hidden, attention_mask=layer_mask(mask))
+    return hidden, mask

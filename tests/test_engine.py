@@ -274,3 +274,23 @@ def test_embedding_cache_changes_speed_not_results(store):
     pa = Predictor.from_run(store, plain.run_id, device="cpu").probabilities(texts)
     pb = Predictor.from_run(store, first.run_id, device="cpu").probabilities(texts)
     assert all(torch.allclose(pa[t], pb[t], atol=1e-5) for t in pa)
+
+
+def test_hidden_state_cache_for_freeze_lower_changes_speed_not_results(store):
+    cfg = dict(strategy="freeze_lower", freeze_layers=1, backbone="minilm-l6:2")
+    plain = _trainer(store, tiny_config(cache_frozen_backbone=False, **cfg))
+    plain.run()
+    assert plain.lower_k == 0
+    cached = _trainer(store, tiny_config(**cfg))
+    cached.setup()
+    assert cached.lower_k == 1 and cached.cache_misses == 6
+    cached.run()
+    for name, param in plain.model.named_parameters():
+        other = dict(cached.model.named_parameters())[name]
+        assert torch.allclose(param, other, atol=1e-4), name
+    a, b = store.read_summary(plain.run_id), store.read_summary(cached.run_id)
+    for task in ("topic", "sentiment"):
+        assert a["tasks"][task]["confusion_matrix"] == b["tasks"][task]["confusion_matrix"]
+    again = _trainer(store, tiny_config(seed=3, **cfg))
+    again.setup()
+    assert (again.cache_hits, again.cache_misses) == (6, 0)
