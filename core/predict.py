@@ -21,11 +21,20 @@ class Predictor:
         self.model.eval()  # no dropout at prediction time
 
     @classmethod
-    def from_run(cls, store: RunStore, run_id: str, device: str = "auto") -> Predictor:
+    def from_run(cls, store: RunStore, run_id: str, device: str = "auto", int8: bool = False) -> Predictor:
+        """``int8``: dynamic int8 quantization of the linear layers (CPU), allowed only where it agreed with
+        full precision on at least 99.5% of the run's test labels (see ``int8_agreement``)."""
         store.existing_path(run_id)
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
         model, tokenizer, meta = load_model(store.checkpoint_dir(run_id), dev)
-        return cls(model, tokenizer, meta, dev, run_id)
+        predictor = cls(model, tokenizer, meta, dev, run_id)
+        if int8:
+            report = int8_agreement(store, run_id, predictor)
+            if not report["allowed"]:
+                raise PredictError(f"int8 prediction for {run_id} agrees with full precision on only "
+                                   f"{100 * report['agreement']:.2f}% of its test set (< 99.5%): use full precision.")
+            predictor = cls(quantize(model), tokenizer, meta, torch.device("cpu"), run_id)
+        return predictor
 
     @property
     def label_names(self) -> dict[str, list[str]]:
@@ -77,3 +86,39 @@ def median_latency(predictors: list[Predictor], texts: list[str], repeats: int =
             p.probabilities(texts)
         times.append(time.perf_counter() - tick)
     return sorted(times)[len(times) // 2]
+
+
+INT8_MIN_AGREEMENT = 0.995
+
+
+def quantize(model):
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization prints a deprecation notice
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def int8_agreement(store: RunStore, run_id: str, predictor: Predictor | None = None) -> dict:
+    """Share of test sentences (all tasks) where int8 and full precision predict the same label. Cached."""
+    from core.data import load_task_data
+    from core.store import read_json, write_json_atomic
+
+    path = store.path(run_id) / "int8.json"
+    cached = read_json(path)
+    if cached:
+        return cached
+    predictor = predictor or Predictor.from_run(store, run_id, device="cpu")
+    fast = Predictor(quantize(predictor.model), predictor.tokenizer, predictor.meta, torch.device("cpu"), run_id)
+    cfg = store.read_config(run_id)
+    same = total = 0
+    for task in cfg.tasks:
+        data = load_task_data(task.name, task.dataset, text_column=task.text_column, label_column=task.label_column,
+                              split_seed=cfg.split_seed, max_eval_examples=cfg.max_eval_examples)
+        full, small = predictor.probabilities(data.test.texts), fast.probabilities(data.test.texts)
+        same += int((full[task.name].argmax(1) == small[task.name].argmax(1)).sum())
+        total += len(data.test)
+    report = {"agreement": same / total, "n": total, "allowed": same / total >= INT8_MIN_AGREEMENT}
+    write_json_atomic(path, report)
+    return report

@@ -294,3 +294,19 @@ def test_hidden_state_cache_for_freeze_lower_changes_speed_not_results(store):
     again = _trainer(store, tiny_config(seed=3, **cfg))
     again.setup()
     assert (again.cache_hits, again.cache_misses) == (6, 0)
+
+
+def test_int8_prediction_is_gated_by_measured_agreement(store):
+    from core.predict import INT8_MIN_AGREEMENT, PredictError, int8_agreement
+
+    trainer = _trainer(store, tiny_config(strategy="frozen_backbone"))
+    trainer.run()
+    report = int8_agreement(store, trainer.run_id)
+    assert report["n"] == 40 and 0.0 <= report["agreement"] <= 1.0  # 20 test sentences per task
+    assert (store.path(trainer.run_id) / "int8.json").is_file()
+    if report["agreement"] >= INT8_MIN_AGREEMENT:
+        fast = Predictor.from_run(store, trainer.run_id, int8=True)
+        assert set(fast.predict(["markets fell"])[0]["tasks"]) == {"topic", "sentiment"}
+    else:
+        with pytest.raises(PredictError, match="use full precision"):
+            Predictor.from_run(store, trainer.run_id, int8=True)
