@@ -25,11 +25,11 @@ from safetensors.torch import load_file
 from core import checkpoint as ckpt
 from core.backbones import BackboneError, load_backbone, load_tokenizer
 from core.batching import Encoded, collate, encode, epoch_schedule, steps_per_epoch
-from core.cache import EmbeddingCache, cache_key, compute_lower_states, supports_layer_split, top_forward
 from core.config import ConfigError, RunConfig
 from core.data import DataError, TaskData, load_task_data
-from core.evaluate import embed_split, full_report, head_logits, predict_logits, score
-from core.model import MultiTaskModel, format_parameter_line, parameter_report, pool
+from core.evaluate import full_report, predict_logits, score
+from core.features import FrozenFeatures
+from core.model import MultiTaskModel, format_parameter_line, parameter_report
 from core.store import InvalidRunId, RunNotFound, RunStore
 from core.strategies import apply_strategy, frozen_head_tasks, get_strategy, lora_settings, prepare_backbone
 
@@ -166,9 +166,6 @@ class Trainer:
         self.trained_names = {n for n, p in self.model.named_parameters() if p.requires_grad}
         self.staged = get_strategy(cfg.strategy).staged
         self.stage: int | None = None
-        # Nothing below the heads ever trains: compute the backbone once (cached across runs), train heads on it.
-        self.cached = (cfg.cache_frozen_backbone and not cfg.init_from and not self.staged
-                       and all(n.startswith("heads.") for n in self.trained_names))
         frozen_heads = set(frozen_head_tasks(cfg)) if not cfg.train_frozen_head_tasks else set()
         self.trained_tasks = [t for t in self.tasks if t not in frozen_heads] if self.trained_names else []
         lengths = {t: self.tasks[t].train.lengths() for t in self.trained_tasks}
@@ -180,13 +177,10 @@ class Trainer:
             self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.model.to(self.device)
-        self.embeddings: dict[tuple[str, str], torch.Tensor] = {}
-        self.lower: dict[tuple[str, str], object] = {}
-        self.lower_k = self._frozen_bottom_layers()
-        if self.cached:
-            self._load_embeddings()
-        elif self.lower_k:
-            self._load_lower_states()
+        encoded = {t: {"train": ts.train, "validation": ts.validation, "test": ts.test} for t, ts in self.tasks.items()}
+        reusable = not cfg.init_from and not self.staged and not self.lora
+        self.features = FrozenFeatures(self.model, encoded, cfg, self.trained_names, reusable,
+                                       self.store.root / ".cache", self.device, self.pad_id, self.log)
         self.optimizer, self.scheduler = self._optimizer()
         self.step = 0
         if self.resume:
@@ -225,70 +219,9 @@ class Trainer:
         self.delta = not cfg.backbone.startswith("minilm-l6-scratch")
         return model, load_tokenizer(cfg.backbone)
 
-    def _load_embeddings(self) -> None:
-        cache = EmbeddingCache(self.store.root / ".cache" / "embeddings")
-        for task, ts in self.tasks.items():
-            for split in ("train", "validation", "test"):
-                enc = getattr(ts, split)
-                key = cache_key(self.cfg.backbone, self.cfg.seed, self.cfg.pooling, enc)
-                self.embeddings[task, split] = cache.get_or_compute(
-                    key, lambda enc=enc: embed_split(self.model, enc, self.cfg.eval_batch_size, self.pad_id, self.device))
-        self.log.info("frozen backbone: embeddings from cache %d, computed %d", cache.hits, cache.misses)
-        self.cache_hits, self.cache_misses = cache.hits, cache.misses
-
-    def _frozen_bottom_layers(self) -> int:
-        """k when the embeddings and exactly the bottom k layers never train (and the run can skip them)."""
-        from core.model import group_of, num_backbone_layers
-
-        cfg, backbone = self.cfg, self.model.backbone
-        if self.cached or not cfg.cache_frozen_backbone or cfg.init_from or self.staged or self.lora \
-                or not supports_layer_split(backbone):
-            return 0
-        groups = {group_of(n) for n in self.trained_names}
-        layers = [int(g.split(".")[1]) for g in groups if g.startswith("layer.")]
-        if "embeddings" in groups or "other" in groups or not layers:
-            return 0
-        k = min(layers)
-        tokens = sum(sum(len(i) for i in getattr(ts, s).input_ids) for ts in self.tasks.values()
-                     for s in ("train", "validation", "test"))
-        if tokens * backbone.config.hidden_size * 4 > 2.5e9:  # too big to hold: compute the bottom layers each step
-            self.log.info("hidden-state cache skipped: %d tokens would need more than 2.5 GB", tokens)
-            return 0
-        return k if 0 < k < num_backbone_layers(self.model) else 0
-
-    def _load_lower_states(self) -> None:
-        from core.cache import LowerStates
-
-        cache = EmbeddingCache(self.store.root / ".cache" / f"layer{self.lower_k}")
-        for task, ts in self.tasks.items():
-            for split in ("train", "validation", "test"):
-                enc = getattr(ts, split)
-                key = cache_key(self.cfg.backbone, self.cfg.seed, f"lower{self.lower_k}", enc)
-                tensors = cache.get_or_compute_tensors(key, lambda enc=enc: compute_lower_states(
-                    self.model.backbone, enc, self.lower_k, self.cfg.eval_batch_size, self.pad_id, self.device
-                ).as_tensors())
-                self.lower[task, split] = LowerStates(tensors["flat"], tensors["offsets"])
-        self.log.info("bottom %d layers: hidden states from cache %d, computed %d", self.lower_k, cache.hits, cache.misses)
-        self.cache_hits, self.cache_misses = cache.hits, cache.misses
-
-    def _top_embed(self, task: str, split: str, idx: list[int]) -> tuple[torch.Tensor, int]:
-        hidden, mask = top_forward(self.model.backbone, self.lower[task, split], idx, self.lower_k, self.device)
-        return pool(hidden, mask, self.cfg.pooling), int(mask.sum())
-
     def _logits(self, task: str, split: str) -> np.ndarray:
-        if self.cached:
-            return head_logits(self.model, task, self.embeddings[task, split], self.device)
-        if self.lower_k:
-            from core.batching import eval_batches
-
-            enc = getattr(self.tasks[task], split)
-            out = np.zeros((len(enc), len(self.model.label_names[task])), dtype=np.float32)
-            self.model.eval()
-            with torch.inference_mode():
-                for idx in eval_batches(enc.lengths(), self.cfg.eval_batch_size):
-                    out[idx] = self.model.heads[task](self._top_embed(task, split, idx)[0]).float().cpu().numpy()
-            self.model.train()
-            return out
+        if self.features.active:
+            return self.features.logits(task, split)
         enc = getattr(self.tasks[task], split)
         return predict_logits(self.model, enc, task, self.cfg.eval_batch_size, self.pad_id, self.device)
 
@@ -420,15 +353,9 @@ class Trainer:
     def _train_step(self, task: str, idx: list[int]) -> tuple[float, int]:
         self.model.train()
         set_frozen_eval(self.model)
-        if self.cached:
-            enc = self.tasks[task].train
-            n_tokens = sum(len(enc.input_ids[i]) for i in idx)
-            labels = torch.tensor([enc.labels[i] for i in idx], dtype=torch.long, device=self.device)
-            logits = self.model.heads[task](self.embeddings[task, "train"][idx].to(self.device))
-        elif self.lower_k:
-            emb, n_tokens = self._top_embed(task, "train", idx)
+        if self.features.active:
+            logits, n_tokens = self.features.train_logits(task, idx)
             labels = torch.tensor([self.tasks[task].train.labels[i] for i in idx], dtype=torch.long, device=self.device)
-            logits = self.model.heads[task](emb)
         else:
             ids, mask, labels, n_tokens = collate(self.tasks[task].train, idx, self.pad_id)
             ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
@@ -545,7 +472,7 @@ class Trainer:
             tasks[name] = entry
         return {
             "run_id": self.run_id, "state": state, "strategy": self.cfg.strategy, "backbone": self.cfg.backbone,
-            "device": str(self.device), "steps": self.step, "embedding_cache": self.cached, "cached_bottom_layers": self.lower_k, "total_steps": self.total_steps,
+            "device": str(self.device), "steps": self.step, "embedding_cache": self.features.heads_only, "cached_bottom_layers": self.features.lower_k, "total_steps": self.total_steps,
             "epochs": self._position()["epoch"],
             "train_seconds": round(self.train_seconds, 3), "wall_seconds": round(time.time() - self.t0, 3),
             "examples_seen": self.examples_seen, "tokens_seen": self.tokens_seen,

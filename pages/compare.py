@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -33,6 +35,13 @@ def choose_runs_ui(df: pd.DataFrame) -> list[str]:
                           format_func=lambda i: names.get(i, i))
 
 
+def unique_labels(run_ids: list[str], meta: pd.DataFrame) -> dict[str, str]:
+    """Run names for legends and columns; a name shared by several runs gets its id appended."""
+    names = {r: meta.loc[r, "name"] for r in run_ids if r in meta.index}
+    counts = pd.Series(list(names.values())).value_counts()
+    return {r: n if counts[n] == 1 else f"{n} ({r})" for r, n in names.items()}
+
+
 def _color_map(keys: list[str]) -> dict[str, str]:
     return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
 
@@ -51,7 +60,18 @@ def curves_ui(run_ids: list[str], table: pd.DataFrame) -> None:
                         help="Runs with the same config but another seed become one line with a min-max band.")
     x = X_AXES[x_label]
     meta = table.set_index("id")
-    key_of = (lambda r: meta.loc[r, "name"].rsplit("-s", 1)[0]) if grouped else (lambda r: meta.loc[r, "name"])
+    labels = unique_labels(run_ids, meta)
+    if grouped:  # runs whose config differs only by seed form one line
+        group_label = {}
+        for r in run_ids:
+            group_label.setdefault(meta.loc[r, "group"], labels[r].rsplit("-s", 1)[0])
+        clashes = {v for v in group_label.values() if list(group_label.values()).count(v) > 1}
+        for g, label in group_label.items():
+            if label in clashes:
+                group_label[g] = f"{label} [config {hashlib.sha1(g.encode()).hexdigest()[:6]}]"
+        key_of = lambda r: group_label[meta.loc[r, "group"]]  # noqa: E731
+    else:
+        key_of = labels.__getitem__
     keys = list(dict.fromkeys(key_of(r) for r in run_ids if r in meta.index))
     colors = _color_map(keys)
     for task in sorted(curves["task"].unique()):
@@ -156,7 +176,8 @@ def page() -> None:
     with tabs[2]:
         cost_ui(results)
     with tabs[3]:
-        diff = config_diff({names[r]: records[r].config for r in run_ids})
+        labels = unique_labels(run_ids, table.set_index("id"))
+        diff = config_diff({labels[r]: records[r].config for r in run_ids})
         if diff.empty:
             st.info("These runs share every config key.")
         else:

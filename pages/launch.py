@@ -161,7 +161,8 @@ def page() -> None:
         st.subheader("What trains")
         if cfg is not None:
             try:
-                labels = tuple(sorted({t.name: n for t, n in zip(tasks, (labels_a, labels_b)[: len(tasks)])}.items()))
+                pairs = [(t, n) for t, n in ((task_a, labels_a), (task_b, labels_b)) if t is not None]
+                labels = tuple(sorted({t.name: n for t, n in pairs}.items()))
                 report = cached_plan(json.dumps(cfg.to_dict()), labels)
                 m1, m2 = st.columns(2)
                 m1.metric("Trainable parameters", fmt_params(report["trainable_params"]))
@@ -175,7 +176,8 @@ def page() -> None:
     st.divider()
     c1, c2 = st.columns(2)
     with c1:
-        if st.button(f"Launch ({len(seeds) if cfg else 0} run{'s' if cfg and len(seeds) != 1 else ''})", type="primary",
+        n_runs = len(seeds) if cfg else 0
+        if st.button(f"Launch ({n_runs} run{'' if n_runs == 1 else 's'})", type="primary",
                      disabled=cfg is None, width="stretch"):
             store = get_store()
             ids = []
@@ -190,7 +192,7 @@ def page() -> None:
                                    disabled=len(tasks) < 2)
             st.caption(f"{len(picked)} strategies x {len(seeds)} seeds = {len(picked) * len(seeds)} runs"
                        f"{' (x3 with separate models)' if separate else ''}, in the background.")
-            if st.button("Queue the sweep", disabled=not picked):
+            if st.button("Queue the sweep", disabled=not picked or cfg is None):
                 sweep_id, ids = jobs.sweep(get_store(), cfg, strategies=picked, seeds=seeds, separate_models=separate)
                 st.success(f"Queued sweep {sweep_id} with {len(ids)} runs. Compare them on the Compare page.")
 

@@ -68,12 +68,12 @@ def page() -> None:
                 st.error(f"{run_id}: {exc}")
                 continue
             st.caption(f"{len(sentences)} sentence(s) in {seconds * 1000:.0f} ms")
-            for r in results:
+            for i, r in enumerate(results):
                 st.markdown(f"> {r['text'][:200]}")
                 for task, pred in r["tasks"].items():
                     st.markdown(f"{task}: **{pred['label']}**")
                     st.plotly_chart(prob_chart(pred["probabilities"]), width="stretch",
-                                    config={"displayModeBar": False}, key=f"{run_id}-{task}-{hash(r['text'])}")
+                                    config={"displayModeBar": False}, key=f"{run_id}-{task}-{i}")
     st.divider()
     st.subheader("Predict a whole file")
     upload = st.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"])

@@ -30,17 +30,24 @@ def filters_ui(df):
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
+@guarded
 def live_table(ids: list[str]) -> None:
     """Re-reads the chosen runs' small JSON files every few seconds; the rest of the page stays put."""
     store = get_store()
-    records = [store.record(i) for i in ids if store.exists(i)]
+    records = []
+    for i in ids:
+        try:
+            records.append(store.record(i))
+        except (LookupError, ValueError):  # deleted while the page was open
+            continue
     df = runs_table(records)
     if df.empty:
         st.info("These runs are gone (deleted from disk?).")
         return
     df["state"] = df["state"].map(lambda s: f"{STATE_ICONS.get(s, '?')} {s}")
     df["progress"] = (df["progress"] * 100).round(1)
-    df["eta"] = df["eta_seconds"].map(lambda s: fmt_seconds(s) if s is not None else "")
+    active = df["state"].str.contains("running|queued")
+    df["eta"] = [fmt_seconds(s) if a and s is not None else "" for s, a in zip(df["eta_seconds"], active)]
     task_cols = [c for c in df.columns if c.endswith(" test acc")]
     cols = ["name", "state", "progress", "eta", "strategy", "freeze_layers", "backbone", "seed", *task_cols,
             "trainable_params", "train_seconds", "tags", "id"]

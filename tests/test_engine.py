@@ -107,7 +107,7 @@ def test_partial_strategies_train_only_their_parameters(store, strategy):
 
 
 def test_gradual_unfreeze_changes_a_layer_only_after_its_unfreeze_step(store):
-    def layer_changes(max_steps: int) -> dict[str, bool]:
+    def layer_changes(max_steps: int) -> tuple[dict[str, bool], str]:
         trainer = _trainer(store, tiny_config(strategy="gradual_unfreeze", backbone="minilm-l6:2",
                                               unfreeze_every_steps=3, max_steps=max_steps))
         trainer.setup()
@@ -116,15 +116,14 @@ def test_gradual_unfreeze_changes_a_layer_only_after_its_unfreeze_step(store):
         out: dict[str, bool] = {}
         for n, p in trainer.model.named_parameters():
             out[_group(n)] = out.get(_group(n), False) or not torch.equal(before[n], p.detach())
-        return out
+        return out, trainer.run_id
 
     # Steps 0-2 train the heads only; layer.1 (the top one) unfreezes at step 3, layer.0 at step 6.
-    at3 = layer_changes(3)
+    at3, _ = layer_changes(3)
     assert at3["head.topic"] and not at3["layer.1"] and not at3["layer.0"] and not at3["embeddings"]
-    at4 = layer_changes(4)
+    at4, run_id = layer_changes(4)
     assert at4["layer.1"] and not at4["layer.0"] and not at4["embeddings"]
-    runs = store.run_ids()
-    stages = [r for r in store.read_metrics(runs[0]) if r["kind"] == "unfreeze"]
+    stages = [r for r in store.read_metrics(run_id) if r["kind"] == "unfreeze"]
     assert [(r["step"], r["unfrozen_layers"]) for r in stages][:2] == [(0, 0), (3, 1)]
 
 
@@ -251,10 +250,10 @@ def test_config_round_trips_through_json(store):
 def test_embedding_cache_changes_speed_not_results(store):
     plain = _trainer(store, tiny_config(strategy="frozen_backbone", cache_frozen_backbone=False))
     plain.run()
-    assert not plain.cached
+    assert not plain.features.active
     first = _trainer(store, tiny_config(strategy="frozen_backbone"))
     first.setup()
-    assert first.cached and (first.cache_hits, first.cache_misses) == (0, 6)  # 2 tasks x 3 splits
+    assert first.features.heads_only and (first.features.hits, first.features.misses) == (0, 6)  # 2 tasks x 3 splits
     first.run()
     for name, param in plain.model.heads.named_parameters():
         assert torch.allclose(param, dict(first.model.heads.named_parameters())[name], atol=1e-5), name
@@ -265,10 +264,10 @@ def test_embedding_cache_changes_speed_not_results(store):
     # Another seed on the same backbone and data reuses every split; another max length does not.
     again = _trainer(store, tiny_config(strategy="frozen_backbone", seed=1))
     again.setup()
-    assert (again.cache_hits, again.cache_misses) == (6, 0)
+    assert (again.features.hits, again.features.misses) == (6, 0)
     other = _trainer(store, tiny_config(strategy="frozen_backbone", max_length=16))
     other.setup()
-    assert other.cache_misses == 6
+    assert other.features.misses == 6
     # The cached run's checkpoint predicts like the uncached one's.
     texts = ["stocks rallied after the earnings report", "a tedious mess"]
     pa = Predictor.from_run(store, plain.run_id, device="cpu").probabilities(texts)
@@ -280,10 +279,10 @@ def test_hidden_state_cache_for_freeze_lower_changes_speed_not_results(store):
     cfg = dict(strategy="freeze_lower", freeze_layers=1, backbone="minilm-l6:2")
     plain = _trainer(store, tiny_config(cache_frozen_backbone=False, **cfg))
     plain.run()
-    assert plain.lower_k == 0
+    assert plain.features.lower_k == 0
     cached = _trainer(store, tiny_config(**cfg))
     cached.setup()
-    assert cached.lower_k == 1 and cached.cache_misses == 6
+    assert cached.features.lower_k == 1 and cached.features.misses == 6
     cached.run()
     for name, param in plain.model.named_parameters():
         other = dict(cached.model.named_parameters())[name]
@@ -293,7 +292,7 @@ def test_hidden_state_cache_for_freeze_lower_changes_speed_not_results(store):
         assert a["tasks"][task]["confusion_matrix"] == b["tasks"][task]["confusion_matrix"]
     again = _trainer(store, tiny_config(seed=3, **cfg))
     again.setup()
-    assert (again.cache_hits, again.cache_misses) == (6, 0)
+    assert (again.features.hits, again.features.misses) == (6, 0)
 
 
 def test_int8_prediction_is_gated_by_measured_agreement(store):

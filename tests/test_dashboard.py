@@ -1,0 +1,399 @@
+"""Every dashboard page through streamlit's AppTest, on a runs folder holding real (tiny) trained runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import jobs
+from core.store import RunStore
+from core.train import train_run
+from tests.conftest import tiny_config
+from tests.dashboard_fixtures import APP, FAILED_NAME, SEEDS, kill_everything_for, parse_params, seed_runs
+
+PAGES = ["pages/runs.py", "pages/compare.py", "pages/playground.py"]
+DEFAULT_SENTENCES = ["The central bank raised interest rates again.", "A warm, funny and beautifully acted film."]
+
+
+@pytest.fixture(scope="session")
+def seeded(tmp_path_factory) -> dict:
+    return seed_runs(tmp_path_factory.mktemp("seeded") / "runs")
+
+
+@pytest.fixture
+def seeded_copy(seeded, tmp_path) -> dict:
+    """A copy of the seeded runs without their checkpoints, for tests that change or delete runs."""
+    root = tmp_path / "runs"
+    shutil.copytree(seeded["root"], root, ignore=shutil.ignore_patterns("checkpoint"))
+    return {**seeded, "root": root}
+
+
+def app(monkeypatch, runs_dir: Path, page: str | None = None) -> AppTest:
+    monkeypatch.setenv("FREEZELAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def one(elements, label: str):
+    """The single widget with this label (fails loudly when the page changed)."""
+    found = [e for e in elements if e.label == label]
+    assert len(found) == 1, f"{len(found)} widgets labelled {label!r}: {[e.label for e in elements]}"
+    return found[0]
+
+
+def no_problem(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not [e.value for e in at.error], [e.value for e in at.error]
+
+
+def params(at: AppTest) -> tuple[float, float]:
+    metrics = {m.label: m.value for m in at.metric}
+    return parse_params(metrics["Trainable parameters"]), parse_params(metrics["Total parameters"])
+
+
+def launch_button(at: AppTest):
+    buttons = [b for b in at.button if b.label.startswith("Launch (")]
+    assert len(buttons) == 1, [b.label for b in at.button]
+    return buttons[0]
+
+
+# -- Launch -------------------------------------------------------------------------------------------
+def test_launch_shows_parameter_counts_that_follow_strategy_and_backbone(monkeypatch, tmp_path):
+    at = app(monkeypatch, tmp_path / "runs")
+    no_problem(at)
+    assert [t.value for t in at.title] == ["Launch runs"]
+    assert str((tmp_path / "runs").resolve()) in " ".join(c.value for c in at.sidebar.caption)
+    assert one(at.selectbox, "Strategy").value == "frozen_backbone"
+    trainable, total = params(at)
+    # Frozen backbone: only the two heads train (384 x 5 + 5 for topic, 384 x 2 + 2 for sentiment).
+    assert trainable == pytest.approx(384 * 5 + 5 + 384 * 2 + 2, rel=0.02)
+    assert total > 20e6
+    assert at.get("plotly_chart"), "the what-trains diagram"
+    assert launch_button(at).label == "Launch (1 run)" and not launch_button(at).disabled
+
+    one(at.selectbox, "Strategy").set_value("full_finetune").run()
+    no_problem(at)
+    full_trainable, full_total = params(at)
+    assert full_trainable == full_total == total, "full fine-tuning trains every parameter"
+    assert full_trainable > 1000 * trainable
+
+    one(at.selectbox, "Backbone").set_value("minilm-l6:2").run()
+    no_problem(at)
+    small_trainable, small_total = params(at)
+    assert small_total < total and small_trainable == small_total, "a 2-layer cut has fewer parameters"
+
+    one(at.selectbox, "Strategy").set_value("frozen_backbone").run()
+    assert params(at) == (trainable, small_total)
+
+
+def test_launch_invalid_settings_show_an_error_and_disable_launch(monkeypatch, tmp_path):
+    at = app(monkeypatch, tmp_path / "runs")
+    assert not launch_button(at).disabled
+
+    # The widget itself allows 0..10; the config allows up to 1: the message names the field and the range.
+    one(at.number_input, "Head learning rate").set_value(5.0).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "head_learning_rate=5.0 is out of range" in errors[0], errors
+    assert launch_button(at).disabled and launch_button(at).label.startswith("Launch (0 run")
+    assert not at.metric, "no parameter counts for an invalid config"
+
+    one(at.number_input, "Head learning rate").set_value(0.01).run()
+    no_problem(at)
+    assert not launch_button(at).disabled
+
+    one(at.text_input, "Seeds").set_value("a,b").run()
+    assert [e.value for e in at.error] == ["Seeds must be whole numbers separated by commas, e.g. 0,1,2."]
+    assert launch_button(at).disabled
+
+    one(at.text_input, "Seeds").set_value(" ").run()
+    assert ["Seeds is empty" in e.value for e in at.error] == [True]
+    assert launch_button(at).disabled
+
+    one(at.text_input, "Seeds").set_value("0, 1,2").run()
+    no_problem(at)
+    assert launch_button(at).label == "Launch (3 runs)" and not launch_button(at).disabled
+
+    at.text_input(key="name_B").set_value("topic").run()  # two tasks with one name
+    assert any("duplicate names" in e.value for e in at.error), [e.value for e in at.error]
+    assert launch_button(at).disabled
+
+
+def test_launch_counts_with_task_a_switched_off(monkeypatch, tmp_path):
+    at = app(monkeypatch, tmp_path / "runs")
+    at.toggle(key="use_A").set_value(False).run()
+    no_problem(at)
+    trainable, _ = params(at)
+    assert trainable == 384 * 2 + 2, "frozen backbone, sentiment task only: one 2-class head"
+
+
+@pytest.fixture
+def launch_store(tmp_path, monkeypatch):
+    """A runs folder whose background runner (and its worker) is killed after the test."""
+    monkeypatch.setenv("FREEZELAB_CONCURRENCY", "1")
+    store = RunStore(tmp_path / "runs")
+    yield store
+    kill_everything_for(store)
+
+
+def test_launch_button_queues_a_cheap_run_in_the_background(monkeypatch, launch_store):
+    at = app(monkeypatch, launch_store.root)
+    one(at.selectbox, "Backbone").set_value("minilm-l6:2").run()
+    at.number_input(key="max_A").set_value(40).run()
+    at.number_input(key="max_B").set_value(40).run()
+    one(at.number_input, "Max tokens per sentence").set_value(32).run()
+    one(at.text_input, "Run name (optional)").set_value("ui launch").run()
+    no_problem(at)
+    assert launch_button(at).label == "Launch (1 run)"
+
+    tick = time.time()
+    launch_button(at).click().run()
+    assert time.time() - tick < 30, "Launch only queues; training runs in another process"
+    no_problem(at)
+    ids = launch_store.run_ids()
+    assert len(ids) == 1 and "ui-launch" in ids[0], ids
+    run_id = ids[0]
+    assert [s.value for s in at.success] == [f"Queued 1 run(s): {run_id}. Follow them on the Runs page."]
+    assert launch_store.read_status(run_id)["state"] in ("queued", "running")
+    cfg = launch_store.read_config(run_id)
+    assert cfg.backbone == "minilm-l6:2" and cfg.name == "ui launch" and cfg.max_length == 32 and cfg.seed == 0
+    assert [(t.name, t.dataset, t.max_train_examples) for t in cfg.tasks] == [
+        ("topic", "bbc_topics", 40), ("sentiment", "rt_sentiment", 40)]
+    assert (launch_store.root / ".runner.lock").exists(), "submit started a runner for this folder"
+
+
+# -- Runs ---------------------------------------------------------------------------------------------
+def test_runs_page_lists_every_seeded_run_with_results(monkeypatch, seeded):
+    at = app(monkeypatch, seeded["root"], "pages/runs.py")
+    no_problem(at)
+    assert [t.value for t in at.title] == ["Runs"]
+    assert any("5 of 5 runs shown" in c.value for c in at.caption), [c.value for c in at.caption]
+    df = at.dataframe[0].value
+    assert set(df["id"]) == set(seeded["names"])
+    assert set(df["name"]) == set(seeded["names"].values())
+    states = dict(zip(df["id"], df["state"]))
+    assert all(states[i] == "✅ completed" for i in seeded["completed"])
+    assert states[seeded["failed"]] == "❌ failed"
+    done = df[df["id"].isin(seeded["completed"])]
+    for col in ("topic test acc", "sentiment test acc"):
+        assert done[col].between(0, 1).all(), done[col]
+    assert (done["trainable_params"] > 0).all()
+
+    details = one(at.selectbox, "Run details")
+    assert details.value in seeded["names"]
+    assert at.subheader[0].value.startswith(("✅", "❌"))
+    details.set_value(seeded["failed"]).run()
+    assert not at.exception
+    assert at.subheader[0].value == f"❌ {FAILED_NAME}"
+    assert any("does not exist" in e.value for e in at.error), "the failed run's error is shown"
+    assert "Resume" in [b.label for b in at.button]
+
+
+def test_runs_page_survives_run_folders_deleted_behind_its_back(monkeypatch, seeded_copy):
+    root = seeded_copy["root"]
+    victim, partial = seeded_copy["completed"][0], seeded_copy["completed"][1]
+    at = app(monkeypatch, root, "pages/runs.py")
+    one(at.selectbox, "Run details").set_value(victim).run()
+    assert at.subheader[0].value.endswith(seeded_copy["names"][victim])
+
+    shutil.rmtree(root / victim)  # deleted outside the dashboard while it shows the run
+    (root / partial / "status.json").unlink()  # and a run folder caught half-written
+    at.run()
+    no_problem(at)
+    ids = set(at.dataframe[0].value["id"])
+    assert victim not in ids and partial in ids and len(ids) == 4
+    assert one(at.selectbox, "Run details").value != victim
+    assert any("4 of 4 runs shown" in c.value for c in at.caption)
+
+    for run_id in seeded_copy["names"]:
+        shutil.rmtree(root / run_id, ignore_errors=True)
+    at.run()
+    no_problem(at)
+    assert any("Launch" in i.value for i in at.info), "an emptied folder shows the empty state"
+
+
+def test_runs_page_saves_tags_and_notes(monkeypatch, seeded_copy):
+    root = seeded_copy["root"]
+    run_id = seeded_copy["completed"][2]
+    at = app(monkeypatch, root, "pages/runs.py")
+    one(at.selectbox, "Run details").set_value(run_id).run()
+    one(at.text_input, "Tags (comma-separated)").input("baseline, tiny ,, baseline")
+    one(at.text_area, "Notes").input("Seed 0 looks\nbetter.")
+    one(at.button, "Save tags and notes").click().run()
+    no_problem(at)
+    assert json.loads((root / run_id / "meta.json").read_text()) == {"tags": ["baseline", "tiny"], "notes": "Seed 0 looks\nbetter."}
+    assert "Saved" in [t.value for t in at.toast]
+
+    at.run()  # the next run of the page reads them back
+    assert one(at.text_input, "Tags (comma-separated)").value == "baseline, tiny"
+    assert one(at.text_area, "Notes").value == "Seed 0 looks\nbetter."
+    df = at.dataframe[0].value
+    assert df.set_index("id").loc[run_id, "tags"] == "baseline, tiny"
+
+    one(at.text_input, "Tag or name contains").set_value("TINY").run()
+    no_problem(at)
+    assert list(at.dataframe[0].value["id"]) == [run_id]
+
+
+# -- Compare ------------------------------------------------------------------------------------------
+def results_tab(at: AppTest):
+    return one(at.tabs, "Results")
+
+
+def curve_names(chart) -> list[str]:
+    """The legend entries of a plotly chart element."""
+    return [t["name"] for t in json.loads(chart.proto.spec)["data"] if t.get("name") and t.get("showlegend") is not False]
+
+
+def test_compare_page_shows_tabs_results_curves_and_per_class(monkeypatch, seeded):
+    at = app(monkeypatch, seeded["root"], "pages/compare.py")
+    no_problem(at)
+    assert [t.value for t in at.title] == ["Compare runs"]
+    tabs = {t.label: t for t in at.tabs}
+    assert {"Curves", "Results", "Cost vs accuracy", "Config diff", "Per class"} <= set(tabs), list(tabs)
+    assert one(at.selectbox, "Sweep").value == seeded["sweep_id"]
+    assert sorted(one(at.multiselect, "Runs (4 match)").value) == sorted(seeded["completed"])
+
+    curves, results, cost, diff, per_class = (tabs[k] for k in ("Curves", "Results", "Cost vs accuracy", "Config diff",
+                                                                "Per class"))
+    assert one(at.toggle, "Mean over seeds").value, "on by default when the chosen runs repeat a config over seeds"
+    assert [sorted(curve_names(c)) for c in curves.get("plotly_chart")] == [
+        ["frozen_backbone (mean of 2)", "full_finetune (mean of 2)"]] * 2, "one chart per task, a line per strategy"
+    table = results.dataframe[0].value
+    assert sorted(table["run"]) == sorted(seeded["names"][i] for i in seeded["completed"])
+    for col in ("topic test accuracy", "sentiment test accuracy"):
+        assert table[col].between(0, 1).all() and table[col].notna().all(), table[col]
+    assert set(table["strategy"]) == {"frozen_backbone", "full_finetune"}
+    assert len(cost.get("plotly_chart")) == 2, "accuracy against time and against trainable parameters"
+    assert {"strategy", "seed"} <= set(diff.dataframe[0].value.index)
+    assert len(per_class.get("plotly_chart")) == 4, "confusion matrix and F1 bars for both tasks"
+
+    picked = seeded["completed"][:2]
+    one(at.multiselect, "Runs (4 match)").set_value(picked).run()
+    no_problem(at)
+    assert sorted(results_tab(at).dataframe[0].value["run"]) == sorted(seeded["names"][i] for i in picked)
+
+    one(at.selectbox, "Sweep").set_value("(all runs)").run()
+    one(at.multiselect, "States").set_value(["completed", "failed"]).run()
+    no_problem(at)
+    table = results_tab(at).dataframe[0].value
+    assert len(table) == 5 and FAILED_NAME in set(table["run"])
+    assert table.set_index("run").loc[FAILED_NAME, "state"] == "failed"
+
+
+@pytest.fixture(scope="module")
+def two_sweeps(seeded, tmp_path_factory) -> dict:
+    """The seeded runs plus a second real sweep whose runs carry the same names but another head learning rate."""
+    root = tmp_path_factory.mktemp("two-sweeps") / "runs"
+    shutil.copytree(seeded["root"], root, ignore=shutil.ignore_patterns("checkpoint"))
+    store = RunStore(root)
+    sweep_id, ids = jobs.sweep(store, tiny_config(head_learning_rate=1e-4, checkpoint_every_steps=1000),
+                               strategies=["frozen_backbone"], seeds=SEEDS, start_runner=False)
+    for run_id in ids:
+        assert train_run(store, run_id) == "completed"
+    assert {store.record(i).config["name"] for i in ids} == {"frozen_backbone-s0", "frozen_backbone-s1"}
+    return {**seeded, "root": root, "second": ids}
+
+
+def _all_completed(monkeypatch, runs: dict) -> AppTest:
+    at = app(monkeypatch, runs["root"], "pages/compare.py")
+    one(at.selectbox, "Sweep").set_value("(all runs)").run()
+    no_problem(at)
+    assert len(one(at.multiselect, "Runs (6 match)").value) == 6
+    return at
+
+
+def test_compare_mean_over_seeds_keeps_different_configs_apart(monkeypatch, two_sweeps):
+    at = _all_completed(monkeypatch, two_sweeps)
+    assert one(at.toggle, "Mean over seeds").value
+    for chart in one(at.tabs, "Curves").get("plotly_chart"):
+        names = curve_names(chart)
+        assert len(names) == 3 and all(n.endswith("(mean of 2)") for n in names), names
+
+
+def test_compare_config_diff_shows_every_chosen_run(monkeypatch, two_sweeps):
+    at = _all_completed(monkeypatch, two_sweeps)
+    diff = one(at.tabs, "Config diff").dataframe[0].value
+    assert diff.shape[1] == 6, list(diff.columns)
+    assert "head_learning_rate" in diff.index, list(diff.index)
+
+
+# -- Playground ---------------------------------------------------------------------------------------
+def _predictions(at: AppTest) -> list[tuple[str, str, str]]:
+    """(sentence, task, label) for every prediction line the page wrote, in order."""
+    out, sentence = [], None
+    for md in at.markdown:
+        text = md.value
+        if text.startswith("> "):
+            sentence = text[2:]
+        elif ": **" in text and sentence is not None:
+            task, label = text.split(": **", 1)
+            out.append((sentence, task, label.rstrip("*")))
+    return out
+
+
+def test_playground_predicts_both_tasks_for_the_default_and_typed_sentences(monkeypatch, seeded):
+    at = app(monkeypatch, seeded["root"], "pages/playground.py")
+    no_problem(at)
+    assert [t.value for t in at.title] == ["Playground"]
+    chosen = one(at.multiselect, "Runs").value
+    assert len(chosen) == 2 and set(chosen) <= set(seeded["completed"])
+    assert [f"**{seeded['names'][r]}**" for r in chosen] == [m.value for m in at.markdown if m.value.startswith("**")]
+    summary = RunStore(seeded["root"]).read_summary(chosen[0])
+    labels = {task: set(t["label_names"]) for task, t in summary["tasks"].items()}
+    assert set(labels) == {"topic", "sentiment"}
+
+    preds = _predictions(at)
+    assert [(s, t) for s, t, _ in preds] == [(s, t) for _ in chosen for s in DEFAULT_SENTENCES for t in ("topic", "sentiment")]
+    assert all(label in labels[task] for _, task, label in preds), preds
+    assert len(at.get("plotly_chart")) == len(preds), "one probability chart per prediction"
+
+    one(at.text_area, "Sentences, one a line").set_value("Shares fell sharply on Wall Street.\n\n").run()
+    no_problem(at)
+    preds = _predictions(at)
+    assert [(s, t) for s, t, _ in preds] == [("Shares fell sharply on Wall Street.", t) for _ in chosen
+                                             for t in ("topic", "sentiment")]
+
+    one(at.multiselect, "Runs").set_value([seeded["completed"][3]]).run()
+    no_problem(at)
+    assert len(_predictions(at)) == 2
+
+    one(at.text_area, "Sentences, one a line").set_value("  \n ").run()
+    assert not at.exception and [w.value for w in at.warning] == ["Type at least one sentence (empty lines are skipped)."]
+
+
+def test_playground_accepts_the_same_sentence_twice(monkeypatch, seeded):
+    at = app(monkeypatch, seeded["root"], "pages/playground.py")
+    one(at.text_area, "Sentences, one a line").set_value("Same sentence.\nSame sentence.").run()
+    no_problem(at)
+    assert len(_predictions(at)) == 2 * 2 * 2
+
+
+# -- Empty state --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("folder", ["empty", "missing"])
+def test_empty_runs_folder_tells_the_user_to_launch(monkeypatch, tmp_path, folder):
+    root = tmp_path / "runs"
+    if folder == "empty":
+        root.mkdir()
+    at = app(monkeypatch, root)
+    no_problem(at)
+    assert launch_button(at).label == "Launch (1 run)", "Launch works on an empty folder"
+    for page, title in zip(PAGES, ["Runs", "Compare runs", "Playground"]):
+        at.switch_page(page)
+        at.run()
+        no_problem(at)
+        assert [t.value for t in at.title] == [title]
+        infos = [i.value for i in at.info]
+        assert len(infos) == 1 and "**Launch**" in infos[0], infos
+        assert not at.dataframe
+    assert at.switch_page("pages/runs.py").run().page_link[0].label == "Launch a run"
