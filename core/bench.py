@@ -97,8 +97,8 @@ def bench_training(quick: bool) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "runs")
         # 1. full fine-tuning, one task
-        ours, _ = _freezelab_run(store, strategy="full_finetune", tasks=single, epochs=1, batch_size=32,
-                                 max_length=max_length, backbone_learning_rate=5e-5)
+        ours, ours_full_wall = _freezelab_run(store, strategy="full_finetune", tasks=single, epochs=1, batch_size=32,
+                                              max_length=max_length, backbone_learning_rate=5e-5)
         hf_seconds, hf_tokens, _ = _trainer_run(n_train, 1, max_length, freeze_backbone=False)
         ours_tps, hf_tps = ours["tokens_per_second"], hf_tokens / hf_seconds
         from core.backbones import load_backbone
@@ -127,12 +127,14 @@ def bench_training(quick: bool) -> list[str]:
             f"   sweep of 5 more seeds {sweep_wall:.1f} s = {sweep_wall / ours_wall:.2f}x one cold run (target <= 1.5x)",
         ]
         # 3. freeze the bottom 4 of 6 layers against full fine-tuning, per epoch
-        lower, _ = _freezelab_run(store, strategy="freeze_lower", freeze_layers=4, tasks=single, epochs=1,
-                                  max_length=max_length)
+        lower, lower_wall = _freezelab_run(store, strategy="freeze_lower", freeze_layers=4, tasks=single, epochs=1,
+                                           max_length=max_length)
         lines += [
             "3. freeze_lower k=4 of 6 against full_finetune, training seconds per epoch",
             f"   freeze_lower {lower['train_seconds']:.1f} s; full_finetune {ours['train_seconds']:.1f} s; "
             f"{ours['train_seconds'] / lower['train_seconds']:.2f}x faster (target >= 2.5x)",
+            f"   whole 1-epoch run incl. the one-time cache of the bottom 4 layers: freeze_lower {lower_wall:.1f} s, "
+            f"full_finetune {ours_full_wall:.1f} s ({ours_full_wall / lower_wall:.2f}x)",
         ]
         lines += bench_prediction(store)
     return lines

@@ -7,16 +7,20 @@ import json
 import os
 import sys
 
-from core.backbones import BUILTIN_BACKBONES, BackboneError
-from core.checkpoint import CheckpointError
+from core.backbones import BUILTIN_BACKBONES
 from core.config import ConfigError, RunConfig, TaskConfig
-from core.data import BUILTIN_DATASETS, DataError
-from core.jobs import JobError
-from core.predict import PredictError
-from core.store import InvalidRunId, RunNotFound, RunStore, default_runs_dir
+from core.store import RunStore, default_runs_dir
 from core.strategies import STRATEGIES
 
-USER_ERRORS = (ConfigError, DataError, BackboneError, CheckpointError, RunNotFound, InvalidRunId, PredictError, JobError)
+# Errors whose message is written for the user (printed without a traceback). Looked up lazily: importing
+# torch or pandas only to name their error classes would add seconds to `submit`, `runs` and `queue`.
+USER_ERRORS = [("core.config", "ConfigError"), ("core.data", "DataError"), ("core.backbones", "BackboneError"),
+               ("core.checkpoint", "CheckpointError"), ("core.store", "RunNotFound"), ("core.store", "InvalidRunId"),
+               ("core.predict", "PredictError"), ("core.jobs", "JobError")]
+
+
+def _user_errors() -> tuple[type, ...]:
+    return tuple(getattr(sys.modules[m], n) for m, n in USER_ERRORS if m in sys.modules)
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -118,6 +122,8 @@ def cmd_strategies(args) -> None:
 
 
 def cmd_datasets(args) -> None:
+    from core.data import BUILTIN_DATASETS
+
     for name, desc in BUILTIN_DATASETS.items():
         print(f"{name:<16} {desc}")
     print("files: .csv .jsonl .json .parquet with a text and a label column; hub datasets: hf:NAME")
@@ -428,12 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     args.runs_dir = runs_dir
     try:
         return args.func(args) or 0
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `python -m core runs | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise

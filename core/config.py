@@ -19,6 +19,7 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message says which field and how to fix it."""
 
 
+EVALS_PER_RUN = 6
 TASK_SAMPLING = ("proportional", "round_robin", "temperature")
 POOLING = ("mean", "cls")
 
@@ -83,9 +84,9 @@ class RunConfig:
     cache_frozen_backbone: bool = True  # a fully frozen backbone is computed once and cached on disk
     train_frozen_head_tasks: bool = False  # True: a frozen head's task still sends its loss into the backbone
     log_every_steps: int = 10
-    eval_every_steps: int = 50
+    eval_every_steps: int | None = None  # None: about EVALS_PER_RUN evaluations, whatever the run's length
     checkpoint_every_steps: int = 200
-    max_eval_examples: int | None = 1000
+    max_eval_examples: int | None = 500  # per split and task: enough for +-2% accuracy, cheap enough to repeat
     seed: int = 0
     split_seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -128,7 +129,8 @@ class RunConfig:
         if self.task_sampling not in TASK_SAMPLING:
             raise ConfigError(f"task_sampling={self.task_sampling!r}: choose one of {', '.join(TASK_SAMPLING)}.")
         _check_range("sampling_temperature", self.sampling_temperature, 0.1, 100)
-        _check_range("eval_every_steps", self.eval_every_steps, 1, 10_000_000)
+        if self.eval_every_steps is not None:
+            _check_range("eval_every_steps", self.eval_every_steps, 1, 10_000_000)
         _check_range("log_every_steps", self.log_every_steps, 1, 10_000_000)
         _check_range("checkpoint_every_steps", self.checkpoint_every_steps, 1, 10_000_000)
         if self.max_eval_examples is not None:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from core import checkpoint as ckpt
 from core.backbones import BackboneError, load_backbone, load_tokenizer
 from core.batching import Encoded, collate, encode, epoch_schedule, steps_per_epoch
-from core.config import ConfigError, RunConfig
+from core.config import EVALS_PER_RUN, ConfigError, RunConfig
 from core.data import DataError, TaskData, load_task_data
 from core.evaluate import full_report, predict_logits, score
 from core.features import FrozenFeatures
@@ -175,6 +175,7 @@ class Trainer:
             self.total_steps = 0
         else:
             self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.eval_every = cfg.eval_every_steps or max(1, self.total_steps // EVALS_PER_RUN)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.model.to(self.device)
         encoded = {t: {"train": ts.train, "validation": ts.validation, "test": ts.test} for t, ts in self.tasks.items()}
@@ -339,7 +340,7 @@ class Trainer:
                 window = {t: [] for t in self.trained_tasks}
                 window_ex = window_tok = 0
                 window_time = 0.0
-            if self.step % self.cfg.eval_every_steps == 0 and self.step < self.total_steps:
+            if self.step % self.eval_every == 0 and self.step < self.total_steps:
                 self._evaluate()
             if self.step % self.cfg.checkpoint_every_steps == 0 and self.step < self.total_steps:
                 self._save(with_train_state=True)

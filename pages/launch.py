@@ -131,7 +131,8 @@ def page() -> None:
             max_length = c3.number_input("Max tokens per sentence", 8, 512, 128)
             head_lr = c1.number_input("Head learning rate", 0.0, 10.0, 3e-2, format="%.0e")
             backbone_lr = c2.number_input("Backbone learning rate", 0.0, 10.0, 5e-5, format="%.0e")
-            eval_every = c3.number_input("Evaluate every N steps", 1, 100000, 50)
+            eval_every = c3.number_input("Evaluate every N steps (0 = auto)", 0, 100000, 0,
+                                         help="Auto: about 6 validation points per run, whatever its length.")
             sampling = c1.selectbox("Task sampling", ["proportional", "round_robin", "temperature"],
                                     help="How batches of the two tasks are mixed; temperature uses size^(1/2) (T5).")
             name = c2.text_input("Run name (optional)")
@@ -151,7 +152,7 @@ def page() -> None:
             strategy=strategy, freeze_layers=freeze_layers, backbone=(backbone or "").strip(), tasks=tasks,
             epochs=float(epochs), batch_size=int(batch_size), max_length=int(max_length),
             head_learning_rate=float(head_lr), backbone_learning_rate=float(backbone_lr),
-            eval_every_steps=int(eval_every), task_sampling=sampling, name=name.strip() or None, **extra,
+            eval_every_steps=int(eval_every) or None, task_sampling=sampling, name=name.strip() or None, **extra,
         ).validate()
         if not seeds:
             raise ConfigError(problem or "Seeds is empty: give at least one, e.g. 0 or 0,1,2.")
