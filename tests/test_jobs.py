@@ -29,8 +29,9 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def long_config(**overrides):
-    """Enough steps to be caught in the middle; checkpoints every 10 steps."""
-    base = dict(max_steps=300, eval_every_steps=25, log_every_steps=5, checkpoint_every_steps=10)
+    """Enough steps to be caught in the middle; checkpoints every 10 steps. It trains the backbone:
+    a frozen one trains its heads on cached embeddings, 300 steps in well under a second."""
+    base = dict(strategy="full_finetune", max_steps=300, eval_every_steps=25, log_every_steps=5, checkpoint_every_steps=10)
     base.update(overrides)
     return tiny_config(**base)
 
