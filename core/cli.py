@@ -242,7 +242,8 @@ def cmd_runner(args) -> int:
 
 
 def cmd_work(args) -> int:
-    from core.train import raise_stop_on_sigterm, train_run
+    from core.runtime import raise_stop_on_sigterm
+    from core.train import train_run
 
     raise_stop_on_sigterm()
     state = train_run(_store(args), args.run, resume=args.resume)

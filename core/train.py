@@ -30,64 +30,13 @@ from core.data import DataError, TaskData, load_task_data
 from core.evaluate import full_report, predict_logits, score
 from core.features import FrozenFeatures
 from core.model import MultiTaskModel, format_parameter_line, parameter_report
+from core.runtime import StopRequested, create_time, pick_device, run_logger, set_frozen_eval
 from core.store import InvalidRunId, RunNotFound, RunStore
 from core.strategies import apply_strategy, frozen_head_tasks, get_strategy, lora_settings, prepare_backbone
 
 STATUS_EVERY_SECONDS = 2.0
 # Errors whose message is already written for the user: shown as they are, without the type name.
 USER_ERRORS = (ConfigError, DataError, BackboneError, ckpt.CheckpointError, RunNotFound, InvalidRunId)
-
-
-class StopRequested(Exception):
-    pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or cpu.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def set_frozen_eval(module: torch.nn.Module) -> None:
-    """Put every fully frozen sub-module in eval mode: frozen layers run without dropout."""
-    params = list(module.parameters())
-    if params and not any(p.requires_grad for p in params):
-        module.eval()
-        return
-    for child in module.children():
-        set_frozen_eval(child)
-
-
-def _create_time() -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process().create_time()
-    except Exception:  # noqa: BLE001 - liveness checks fall back to the pid alone
-        return None
-
-
-def raise_stop_on_sigterm() -> None:
-    """In a worker process: SIGTERM ends training through StopRequested instead of killing it mid-write."""
-    import signal
-
-    def handler(signum, frame):
-        raise StopRequested("stopped by SIGTERM; the last periodic checkpoint is kept")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _run_logger(path) -> logging.Logger:
-    logger = logging.getLogger(f"freezelab.run.{path}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    if not logger.handlers:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    return logger
 
 
 @dataclass
@@ -101,10 +50,10 @@ class TaskState:
 def train_run(store: RunStore, run_id: str, *, resume: bool = False, show_progress: bool = False) -> str:
     """Train one run to completion (or until stopped); returns the final state."""
     path = store.existing_path(run_id)
-    logger = _run_logger(path / "train.log")
+    logger = run_logger(path / "train.log")
     previous = store.read_status(run_id)
     store.update_status(
-        run_id, state="running", pid=os.getpid(), pid_create_time=_create_time(), host=socket.gethostname(), error=None,
+        run_id, state="running", pid=os.getpid(), pid_create_time=create_time(), host=socket.gethostname(), error=None,
         started_at=previous.get("started_at") if resume and previous.get("started_at") else time.time(),
         finished_at=None,
     )

@@ -1,0 +1,61 @@
+"""Process-level helpers of a training run: device choice, frozen modules' mode, signals, the run log."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from core.config import ConfigError
+
+
+class StopRequested(Exception):
+    """Raised inside a worker when it must stop (SIGTERM); the last periodic checkpoint is kept."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or cpu.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_frozen_eval(module: torch.nn.Module) -> None:
+    """Put every fully frozen sub-module in eval mode: frozen layers run without dropout."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        module.eval()
+        return
+    for child in module.children():
+        set_frozen_eval(child)
+
+
+def create_time() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - liveness checks fall back to the pid alone
+        return None
+
+
+def raise_stop_on_sigterm() -> None:
+    """In a worker process: SIGTERM ends training through StopRequested instead of killing it mid-write."""
+    import signal
+
+    def handler(signum, frame):
+        raise StopRequested("stopped by SIGTERM; the last periodic checkpoint is kept")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_logger(path) -> logging.Logger:
+    logger = logging.getLogger(f"freezelab.run.{path}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
