@@ -11,6 +11,9 @@ pages = [
     st.Page("pages/playground.py", title="Playground", icon="💬"),
 ]
 nav = st.navigation(pages)
+# Pages opened before any session ran this router (a bookmark on a fresh server) would run bare as legacy
+# `pages/` scripts; they check this flag and come here first (see pages/common.py).
+st.session_state["freezelab_router"] = True
 with st.sidebar:
     from pages.common import get_store
 

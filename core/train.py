@@ -151,9 +151,9 @@ class Trainer:
                     f"{cfg.backbone!r}; set backbone={source.backbone!r}."
                 )
             base, tokenizer, source_meta = ckpt.load_model(self.store.checkpoint_dir(cfg.init_from))
-            torch.manual_seed(cfg.seed)
             backbone = base.backbone if source_meta.get("lora") else prepare_backbone(base.backbone, cfg)
             self.lora = source_meta.get("lora") or (lora_settings(cfg) if get_strategy(cfg.strategy).lora else None)
+            torch.manual_seed(cfg.seed)
             model = MultiTaskModel(backbone, label_names, cfg.pooling, cfg.head_dropout)
             for task, names in label_names.items():
                 if base.label_names.get(task) == names:  # same task, same labels: keep its trained head
@@ -161,10 +161,12 @@ class Trainer:
                     self.log.info("head %s starts from run %s", task, cfg.init_from)
             self.delta = False
             return model, tokenizer
-        backbone = load_backbone(cfg.backbone, seed=cfg.seed)
-        torch.manual_seed(cfg.seed)
+        backbone = prepare_backbone(load_backbone(cfg.backbone, seed=cfg.seed), cfg)
         self.lora = lora_settings(cfg) if get_strategy(cfg.strategy).lora else None
-        model = MultiTaskModel(prepare_backbone(backbone, cfg), label_names, cfg.pooling, cfg.head_dropout)
+        # Seeded right before the heads: every strategy with the same seed starts from the same heads
+        # (LoRA's adapter init draws random numbers too).
+        torch.manual_seed(cfg.seed)
+        model = MultiTaskModel(backbone, label_names, cfg.pooling, cfg.head_dropout)
         # A pretrained backbone reloads from its spec, so only what training touches needs saving.
         self.delta = not cfg.backbone.startswith("minilm-l6-scratch")
         return model, load_tokenizer(cfg.backbone)

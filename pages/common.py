@@ -21,6 +21,8 @@ def guarded(page):
 
     @functools.wraps(page)
     def wrapper(*args, **kwargs):
+        if not st.session_state.get("freezelab_router"):
+            st.switch_page("app.py")  # reached as a legacy page: go through the router (st.navigation)
         try:
             return page(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for the UI

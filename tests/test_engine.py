@@ -309,3 +309,14 @@ def test_int8_prediction_is_gated_by_measured_agreement(store):
     else:
         with pytest.raises(PredictError, match="use full precision"):
             Predictor.from_run(store, trainer.run_id, int8=True)
+
+
+def test_every_strategy_starts_from_the_same_heads(store):
+    """Comparable runs: the same seed gives the same initial heads, adapters or not."""
+    heads = {}
+    for strategy in ("frozen_backbone", "lora", "full_finetune"):
+        trainer = _trainer(store, tiny_config(strategy=strategy))
+        trainer.setup()
+        heads[strategy] = trainer.model.heads["topic"].classifier.weight.detach().clone()
+    assert torch.equal(heads["frozen_backbone"], heads["lora"])
+    assert torch.equal(heads["frozen_backbone"], heads["full_finetune"])
