@@ -118,9 +118,12 @@ def config_diff(configs: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame({run: [f.get(k) for k in differing] for run, f in flat.items()}, index=differing).astype(str)
 
 
-def results_table(store: RunStore, run_ids: list[str], records: dict[str, RunRecord]) -> pd.DataFrame:
-    """Best and last validation metrics, test metrics and cost per run, for the chosen runs."""
-    curves = load_curves(store, run_ids)
+def results_table(store: RunStore, run_ids: list[str], records: dict[str, RunRecord],
+                  curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Best and last validation metrics, test metrics and cost per run, for the chosen runs.
+
+    ``curves``: the runs' eval records if the caller already loaded them (``load_curves``)."""
+    curves = load_curves(store, run_ids) if curves is None else curves
     rows = []
     for run_id in run_ids:
         rec = records[run_id]

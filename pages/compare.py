@@ -46,9 +46,7 @@ def _color_map(keys: list[str]) -> dict[str, str]:
     return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
 
 
-def curves_ui(run_ids: list[str], table: pd.DataFrame) -> None:
-    store = get_store()
-    curves = load_curves(store, run_ids)
+def curves_ui(run_ids: list[str], table: pd.DataFrame, curves: pd.DataFrame) -> None:
     if curves.empty:
         st.info("No evaluation points yet: runs log validation metrics every few steps.")
         return
@@ -100,8 +98,8 @@ def curves_ui(run_ids: list[str], table: pd.DataFrame) -> None:
         st.plotly_chart(fig, width="stretch")
 
 
-def results_ui(run_ids: list[str], records: dict) -> pd.DataFrame:
-    table = results_table(get_store(), run_ids, records)
+def results_ui(run_ids: list[str], records: dict, curves: pd.DataFrame) -> pd.DataFrame:
+    table = results_table(get_store(), run_ids, records, curves)
     st.dataframe(table.drop(columns=["id"]), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in table.columns
                                 if " val " in c or " test " in c})
@@ -169,10 +167,11 @@ def page() -> None:
         return
     names = dict(zip(table["id"], table["name"]))
     tabs = st.tabs(["Curves", "Results", "Cost vs accuracy", "Config diff", "Per class", "Multi-task vs separate"])
+    curves = load_curves(store, run_ids)  # read once: the metrics files of the chosen runs only
     with tabs[0]:
-        curves_ui(run_ids, table[table["id"].isin(run_ids)])
+        curves_ui(run_ids, table[table["id"].isin(run_ids)], curves)
     with tabs[1]:
-        results = results_ui(run_ids, records)
+        results = results_ui(run_ids, records, curves)
     with tabs[2]:
         cost_ui(results)
     with tabs[3]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -23,6 +24,17 @@ OTHER = "Other: a model folder or hub id"
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_plan(config_json: str, num_labels: tuple) -> dict:
     return plan(RunConfig.from_dict(json.loads(config_json)), dict(num_labels))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def label_count(path: str, column: str, mtime: float) -> int:
+    """Distinct labels of an uploaded file's column (cached: Streamlit reruns the page on every click)."""
+    return int(read_table(path)[column].nunique())
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_preview(path: str, mtime: float) -> dict:
+    return preview_file(path)
 
 
 def save_upload(upload) -> str:
@@ -58,12 +70,12 @@ def task_ui(letter: str, default_name: str, default_dataset: str) -> tuple[TaskC
             st.info("Upload a file with a text column and a label column.")
             return None, 0
         dataset = save_upload(upload)
-        preview = preview_file(dataset)
+        preview = cached_preview(dataset, Path(dataset).stat().st_mtime)
         st.dataframe(preview["rows"], hide_index=True, width="stretch")
         cols = preview["columns"]
         text_col = st.selectbox("Text column", cols, key=f"tc_{letter}")
         label_col = st.selectbox("Label column", cols, index=min(1, len(cols) - 1), key=f"lc_{letter}")
-        n_labels = int(read_table(dataset)[label_col].nunique())
+        n_labels = label_count(dataset, label_col, Path(dataset).stat().st_mtime)
         st.caption(f"{preview['n_rows']:,} rows, {n_labels} label values in {label_col!r}")
     else:
         hub = st.text_input("Hub dataset name", placeholder="e.g. ag_news (needs network)", key=f"hub_{letter}")
