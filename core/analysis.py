@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from core.config import group_key_of
 from core.store import RunRecord, RunStore
 
 MAX_POINTS_PER_CURVE = 400
@@ -31,7 +32,7 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
             "train_seconds": summary.get("train_seconds"),
             "tokens_per_second": summary.get("tokens_per_second"),
             "error": status.get("error"),
-            "group": _group_key(cfg),
+            "group": group_key_of(cfg),
         }
         for task, t in (summary.get("tasks") or {}).items():
             row[f"{task} test acc"] = t.get("test_accuracy")
@@ -41,11 +42,6 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
             row[f"{task} val acc change"] = t.get("val_accuracy_change")
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _group_key(cfg: dict) -> str:
-    d = {k: v for k, v in cfg.items() if k not in ("seed", "name", "tags", "sweep_id")}
-    return json.dumps(d, sort_keys=True, default=str)
 
 
 def load_curves(store: RunStore, run_ids: list[str], kind: str = "eval") -> pd.DataFrame:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -147,7 +146,3 @@ def drop_train_state(ckpt_dir: Path) -> None:
 
 def checkpoint_size_bytes(ckpt_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(ckpt_dir).rglob("*") if p.is_file())
-
-
-def describe(ckpt_dir: Path) -> str:
-    return json.dumps(read_checkpoint_meta(ckpt_dir), indent=2)

@@ -177,17 +177,19 @@ class RunConfig:
         return cls.from_dict(data)
 
     def group_key(self) -> str:
-        """The config without seed, name, tags and sweep id: runs sharing it differ only by seed."""
-        d = self.to_dict()
-        for key in ("seed", "name", "tags", "sweep_id"):
-            d.pop(key, None)
-        return json.dumps(d, sort_keys=True)
+        return group_key_of(self.to_dict())
 
     def task(self, name: str) -> TaskConfig:
         for t in self.tasks:
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+def group_key_of(config: dict[str, Any]) -> str:
+    """The config without seed, name, tags and sweep id: runs sharing it differ only by seed."""
+    rest = {k: v for k, v in config.items() if k not in ("seed", "name", "tags", "sweep_id")}
+    return json.dumps(rest, sort_keys=True, default=str)
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, hint: str = "") -> None:

@@ -333,14 +333,16 @@ def process_alive(pid: int | None, create_time: float | None) -> bool:
         return False
 
 
-def reconcile(store: RunStore, skip: set[str] | None = None) -> list[str]:
-    """Mark runs whose local training process is gone as failed. Returns their ids."""
+def reconcile(store: RunStore, skip: set[str] | None = None, statuses: dict[str, dict] | None = None) -> list[str]:
+    """Mark runs whose local training process is gone as failed. Returns their ids.
+
+    ``statuses``: run id -> status.json already read by the caller (saves reading every file twice)."""
     failed = []
     host = socket.gethostname()
-    for run_id in store.run_ids():
+    for run_id in statuses if statuses is not None else store.run_ids():
         if skip and run_id in skip:
             continue
-        status = store.read_status(run_id)
+        status = statuses[run_id] if statuses is not None else store.read_status(run_id)
         if status.get("state") != "running" or status.get("host", host) != host or status.get("backend") == "ray":
             continue
         pid = status.get("pid")

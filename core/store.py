@@ -30,8 +30,6 @@ from typing import Any
 from core.config import RunConfig
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-STATES = ("queued", "running", "completed", "failed", "stopped")
-FINAL_STATES = ("completed", "failed", "stopped")
 TRASH = ".trash"
 
 

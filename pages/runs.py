@@ -108,8 +108,10 @@ def detail_ui(run_id: str) -> None:
 def page() -> None:
     st.title("Runs")
     store = get_store()
-    jobs.reconcile(store)  # a run whose process died shows as failed, not running forever
     records = store.list_runs()
+    # A run whose process died shows as failed, not running forever.
+    if jobs.reconcile(store, statuses={r.id: r.status for r in records}):
+        records = store.list_runs()
     if not records:
         st.info("No runs yet. Go to **Launch**, pick a strategy and press Launch; runs appear here as they train.")
         st.page_link("pages/launch.py", label="Launch a run", icon="🚀")
