@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from core import jobs
@@ -31,19 +32,26 @@ def filters_ui(df):
 
 @st.fragment(run_every=REFRESH_SECONDS)
 @guarded
-def live_table(ids: list[str]) -> None:
-    """Re-reads the chosen runs' small JSON files every few seconds; the rest of the page stays put."""
+def live_table(df: pd.DataFrame) -> None:
+    """Every few seconds, re-read only the queued and running runs; finished ones do not change by themselves
+    (a resume or delete from this page reruns the whole page)."""
     store = get_store()
-    records = []
-    for i in ids:
-        try:
-            records.append(store.record(i))
-        except (LookupError, ValueError):  # deleted while the page was open
-            continue
-    df = runs_table(records)
+    active = df["state"].isin(["queued", "running"])
+    if active.any():
+        fresh = []
+        for run_id in df.loc[active, "id"]:
+            try:
+                fresh.append(store.record(run_id))
+            except (LookupError, ValueError):  # deleted while the page was open
+                continue
+        order = df["id"].tolist()
+        df = pd.concat([df[~active], runs_table(fresh)], ignore_index=True)
+        present = set(df["id"])
+        df = df.set_index("id").reindex([i for i in order if i in present]).reset_index()
     if df.empty:
         st.info("These runs are gone (deleted from disk?).")
         return
+    df = df.copy()
     df["state"] = df["state"].map(lambda s: f"{STATE_ICONS.get(s, '?')} {s}")
     df["progress"] = (df["progress"] * 100).round(1)
     active = df["state"].str.contains("running|queued")
@@ -119,7 +127,7 @@ def page() -> None:
     df = filters_ui(runs_table(records))
     active = int(df["state"].isin(["queued", "running"]).sum())
     st.caption(f"{len(df)} of {len(records)} runs shown · {active} queued or running · refreshes every {REFRESH_SECONDS} s")
-    live_table(df["id"].tolist())
+    live_table(df)
     if df.empty:
         return
     labels = {r.id: run_label(r) for r in records}
