@@ -9,6 +9,7 @@ pages = [
     st.Page("pages/runs.py", title="Runs", icon="📋"),
     st.Page("pages/compare.py", title="Compare", icon="📈"),
     st.Page("pages/playground.py", title="Playground", icon="💬"),
+    st.Page("pages/findings.py", title="Findings", icon="🔬"),
 ]
 nav = st.navigation(pages)
 # Pages opened before any session ran this router (a bookmark on a fresh server) would run bare as legacy

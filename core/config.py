@@ -8,20 +8,76 @@ dashboard can show the message as it is.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
+from core.strategies import STRATEGIES
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which field and how to fix it."""
-
+__all__ = ["ConfigError", "Device", "Pooling", "RunConfig", "TaskConfig", "TaskSampling", "group_key_of"]
 
 EVALS_PER_RUN = 6
-TASK_SAMPLING = ("proportional", "round_robin", "temperature")
-POOLING = ("mean", "cls")
+
+
+class TaskSampling(enum.StrEnum):
+    """How each batch's task is chosen (core/batching.py)."""
+
+    PROPORTIONAL = "proportional"  # by training-set size
+    ROUND_ROBIN = "round_robin"  # alternate tasks
+    TEMPERATURE = "temperature"  # size ** (1 / T): between proportional (T=1) and equal (T large)
+    UNIFORM = "uniform"  # every task equally likely, drawn independently per batch
+    CURRICULUM = "curriculum"  # starts on the abundant task, moves weight to curriculum_target by the end
+
+
+class CurriculumTarget(enum.StrEnum):
+    UNIFORM = "uniform"
+    PROPORTIONAL = "proportional"
+    LIMITED = "limited"  # all weight on the smallest task by the last step
+
+
+class LossWeighting(enum.StrEnum):
+    """How the tasks' losses are weighted against each other."""
+
+    FIXED = "fixed"  # each task's loss_weight
+    INVERSE_SIZE = "inverse_size"  # 1 / training size, normalised to mean 1
+    UNCERTAINTY = "uncertainty"  # a learned log-variance per task (Kendall et al. 2018)
+
+
+class ClassWeighting(enum.StrEnum):
+    """Class weights in a task's cross-entropy, for a rare class."""
+
+    NONE = "none"
+    INVERSE = "inverse"  # 1 / class frequency
+    EFFECTIVE = "effective"  # effective number of samples (Cui et al. 2019)
+
+
+class Augment(enum.StrEnum):
+    """Extra training copies of a task's examples (training split only; needs no download)."""
+
+    NONE = "none"
+    EDA = "eda"  # random deletion, swap and insertion of words (Wei & Zou 2019, without a thesaurus)
+    EMBEDDING = "embedding"  # words replaced by nearest neighbours in the backbone's input-embedding table
+    BOTH = "both"
+
+
+class Pooling(enum.StrEnum):
+    MEAN = "mean"
+    CLS = "cls"
+
+
+class Device(enum.StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def choices(enum_cls) -> list[str]:
+    """The values of a choice enum, for CLI options and select boxes."""
+    return [e.value for e in enum_cls]
 
 
 @dataclass
@@ -34,6 +90,12 @@ class TaskConfig:
     label_column: str = "label"
     max_train_examples: int | None = None
     loss_weight: float = 1.0
+    class_weighting: str = "none"  # ClassWeighting
+    class_balanced_sampling: bool = False  # draw each class equally often within this task's batches
+    class_ratio: dict[str, float] | None = None  # keep this fraction of a class in the TRAINING split only
+    augment: str = "none"  # Augment
+    augment_copies: int = 1  # augmented copies per training example
+    augment_alpha: float = 0.1  # share of words changed per copy
 
     def validate(self, prefix: str) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -41,9 +103,24 @@ class TaskConfig:
         if not self.dataset:
             raise ConfigError(f"{prefix}.dataset is empty: give a built-in name, a file path or hf:NAME.")
         if self.max_train_examples is not None and self.max_train_examples < 4:
-            raise ConfigError(f"{prefix}.max_train_examples={self.max_train_examples}: needs at least 4 (or leave unset for all).")
+            raise ConfigError(
+                f"{prefix}.max_train_examples={self.max_train_examples}: needs at least 4 (or leave unset for all)."
+            )
         if not (0.0 <= self.loss_weight <= 100.0) or math.isnan(self.loss_weight):
             raise ConfigError(f"{prefix}.loss_weight={self.loss_weight}: use a value between 0 and 100 (1 is neutral).")
+        _check_choice(f"{prefix}.class_weighting", self.class_weighting, ClassWeighting)
+        _check_choice(f"{prefix}.augment", self.augment, Augment)
+        if not isinstance(self.class_balanced_sampling, bool):
+            raise ConfigError(f"{prefix}.class_balanced_sampling={self.class_balanced_sampling!r}: use true or false.")
+        _check_range(f"{prefix}.augment_copies", self.augment_copies, 1, 20, hint="copies per training example")
+        _check_range(f"{prefix}.augment_alpha", self.augment_alpha, 0.01, 0.5, hint="share of words changed")
+        if self.class_ratio is not None:
+            if not isinstance(self.class_ratio, dict) or not self.class_ratio:
+                raise ConfigError(
+                    f"{prefix}.class_ratio={self.class_ratio!r}: give class=fraction pairs, e.g. negative=0.1."
+                )
+            for label, fraction in self.class_ratio.items():
+                _check_range(f"{prefix}.class_ratio[{label!r}]", fraction, 0.001, 1.0, hint="a fraction to keep")
 
 
 def default_tasks() -> list[TaskConfig]:
@@ -74,6 +151,9 @@ class RunConfig:
     head_dropout: float = 0.1
     task_sampling: str = "proportional"
     sampling_temperature: float = 2.0
+    curriculum_target: str = "uniform"  # CurriculumTarget: where task_sampling=curriculum ends
+    max_task_repeats: float | None = None  # UniMax: at most this many passes over a task's data per run
+    loss_weighting: str = "fixed"  # LossWeighting
     unfreeze_every_steps: int | None = None  # gradual_unfreeze: steps per stage (None: one epoch)
     layer_lr_decay: float | None = None  # discriminative rates: each layer's rate = the one above x decay
     lora_r: int = 8
@@ -86,7 +166,10 @@ class RunConfig:
     log_every_steps: int = 10
     eval_every_steps: int | None = None  # None: about EVALS_PER_RUN evaluations, whatever the run's length
     checkpoint_every_steps: int = 200
-    max_eval_examples: int | None = 500  # per split and task: enough for +-2% accuracy, cheap enough to repeat
+    max_eval_examples: int | None = 500  # validation examples per task: enough for +-2% accuracy, cheap to repeat
+    max_test_examples: int | None = None  # the final test uses the whole test split unless capped here
+    train_eval_examples: int | None = None  # also score a fixed sample of the training split (overfitting gap)
+    early_stopping_patience: int | None = None  # stop after this many evaluations without a better validation
     seed: int = 0
     split_seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -100,13 +183,11 @@ class RunConfig:
 
     # -- validation -------------------------------------------------------------------------------
     def validate(self) -> RunConfig:
-        from core.strategies import STRATEGIES  # late import: strategies imports nothing from here at load
-
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy={self.strategy!r} is unknown; choose one of: {', '.join(STRATEGIES)}.")
         STRATEGIES[self.strategy].validate_config(self)
-        if self.pooling not in POOLING:
-            raise ConfigError(f"pooling={self.pooling!r}: choose one of {', '.join(POOLING)}.")
+        if self.pooling not in choices(Pooling):
+            raise ConfigError(f"pooling={self.pooling!r}: choose one of {', '.join(choices(Pooling))}.")
         if not self.tasks:
             raise ConfigError("tasks is empty: give at least one task (e.g. topic on bbc_topics).")
         names = [t.name for t in self.tasks]
@@ -126,9 +207,21 @@ class RunConfig:
         _check_range("warmup_ratio", self.warmup_ratio, 0.0, 0.9)
         _check_range("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
         _check_range("head_dropout", self.head_dropout, 0.0, 0.9)
-        if self.task_sampling not in TASK_SAMPLING:
-            raise ConfigError(f"task_sampling={self.task_sampling!r}: choose one of {', '.join(TASK_SAMPLING)}.")
+        if self.task_sampling not in choices(TaskSampling):
+            raise ConfigError(
+                f"task_sampling={self.task_sampling!r}: choose one of {', '.join(choices(TaskSampling))}."
+            )
         _check_range("sampling_temperature", self.sampling_temperature, 0.1, 100)
+        _check_choice("curriculum_target", self.curriculum_target, CurriculumTarget)
+        _check_choice("loss_weighting", self.loss_weighting, LossWeighting)
+        if self.max_task_repeats is not None:
+            _check_range("max_task_repeats", self.max_task_repeats, 1, 1000, hint="passes over a task's data")
+        if self.max_test_examples is not None:
+            _check_range("max_test_examples", self.max_test_examples, 10, 10_000_000)
+        if self.train_eval_examples is not None:
+            _check_range("train_eval_examples", self.train_eval_examples, 10, 100_000)
+        if self.early_stopping_patience is not None:
+            _check_range("early_stopping_patience", self.early_stopping_patience, 1, 1000, hint="evaluations")
         if self.eval_every_steps is not None:
             _check_range("eval_every_steps", self.eval_every_steps, 1, 10_000_000)
         _check_range("log_every_steps", self.log_every_steps, 1, 10_000_000)
@@ -144,8 +237,8 @@ class RunConfig:
         _check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
         if not self.lora_targets:
             raise ConfigError("lora_targets is empty: name the projections to adapt, e.g. query, value.")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r}: choose auto, cpu or cuda.")
+        if self.device not in choices(Device):
+            raise ConfigError(f"device={self.device!r}: choose one of {', '.join(choices(Device))}.")
         return self
 
     # -- serialisation ----------------------------------------------------------------------------
@@ -190,6 +283,11 @@ def group_key_of(config: dict[str, Any]) -> str:
     """The config without seed, name, tags and sweep id: runs sharing it differ only by seed."""
     rest = {k: v for k, v in config.items() if k not in ("seed", "name", "tags", "sweep_id")}
     return json.dumps(rest, sort_keys=True, default=str)
+
+
+def _check_choice(name: str, value: Any, enum_cls) -> None:
+    if value not in choices(enum_cls):
+        raise ConfigError(f"{name}={value!r}: choose one of {', '.join(choices(enum_cls))}.")
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, hint: str = "") -> None:

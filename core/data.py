@@ -20,9 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the source, the column, what is wrong and the fix."""
+from core.errors import DataError
 
 
 @dataclass
@@ -80,7 +78,11 @@ def resolve_dataset_kind(dataset: str) -> str:
         return "file"
     if dataset.startswith("hf:") and dataset[3:].strip():
         return "hub"
-    lead = f"file {dataset} does not exist" if Path(dataset).suffix.lower() in FILE_SUFFIXES else f"unknown dataset {dataset!r}"
+    lead = (
+        f"file {dataset} does not exist"
+        if Path(dataset).suffix.lower() in FILE_SUFFIXES
+        else f"unknown dataset {dataset!r}"
+    )
     folder = " For a local dataset folder write hf:PATH." if Path(dataset).is_dir() else ""
     raise DataError(
         f"{lead}: it is not a built-in ({', '.join(BUILTIN_DATASETS)}), not an existing "
@@ -381,21 +383,46 @@ def _split(corpus: _Corpus, val_frac: float, test_frac: float, seed: int, source
     return tuple(np.flatnonzero(np.isin(corpus.groups, group_ids[p])) for p in parts)
 
 
-def _check_options(val_frac: float, test_frac: float, max_train: int | None, max_eval: int | None) -> None:
+def _check_options(
+    val_frac: float, test_frac: float, max_train: int | None, max_eval: int | None, max_test: int | None = None
+) -> None:
     if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
-        raise DataError(f"validation_fraction={val_frac} and test_fraction={test_frac} must each be in (0, 1) "
-                        "and sum to less than 1, e.g. 0.1 and 0.1.")
-    for option, value in (("max_train_examples", max_train), ("max_eval_examples", max_eval)):
+        raise DataError(
+            f"validation_fraction={val_frac} and test_fraction={test_frac} must each be in (0, 1) "
+            "and sum to less than 1, e.g. 0.1 and 0.1."
+        )
+    for option, value in (
+        ("max_train_examples", max_train),
+        ("max_eval_examples", max_eval),
+        ("max_test_examples", max_test),
+    ):
         if value is not None and value < 1:
             raise DataError(f"{option}={value} must be a positive number of examples, or unset for all of them.")
 
 
+SAME_AS_VALIDATION = "same_as_validation"  # max_test_examples default: the test split takes max_eval_examples' cap
+
+
 def load_task_data(
-    task: str, dataset: str, *, text_column: str = "text", label_column: str = "label", split_seed: int = 0,
-    max_train_examples: int | None = None, max_eval_examples: int | None = None,
-    validation_fraction: float = 0.1, test_fraction: float = 0.1,
+    task: str,
+    dataset: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    split_seed: int = 0,
+    max_train_examples: int | None = None,
+    max_eval_examples: int | None = None,
+    max_test_examples: int | None | str = SAME_AS_VALIDATION,
+    class_ratio: dict[str, float] | None = None,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
 ) -> TaskData:
-    _check_options(validation_fraction, test_fraction, max_train_examples, max_eval_examples)
+    """One task's three splits. ``max_eval_examples`` caps validation, ``max_test_examples`` the test split
+    (None: all of it; by default the validation cap). ``class_ratio`` keeps that fraction of each named class
+    in the TRAINING split only (``imbalance.subsample_class``, seeded by ``split_seed``), after
+    ``max_train_examples``: validation and test keep their class mix, so the damage is measurable."""
+    max_test = max_eval_examples if max_test_examples == SAME_AS_VALIDATION else max_test_examples
+    _check_options(validation_fraction, test_fraction, max_train_examples, max_eval_examples, max_test)
     kind = resolve_dataset_kind(dataset)
     if kind == "builtin":
         corpus, source = _builtin(dataset), f"built-in dataset {dataset}"
@@ -408,11 +435,24 @@ def load_task_data(
     train, val, test = _split(corpus, validation_fraction, test_fraction, split_seed, source)
     if max_train_examples is not None:
         train = _pick(train, corpus.labels, max_train_examples, split_seed, keep_rest=False)[1]
+    if class_ratio:
+        train = train[_class_ratio_rows(corpus, train, class_ratio, split_seed, task)]
     if max_eval_examples is not None:
         val = _pick(val, corpus.labels, max_eval_examples, split_seed, keep_rest=False)[1]
-        test = _pick(test, corpus.labels, max_eval_examples, split_seed, keep_rest=False)[1]
+    if max_test is not None:
+        test = _pick(test, corpus.labels, max_test, split_seed, keep_rest=False)[1]
 
     def take(idx: np.ndarray) -> Split:
         return Split([corpus.texts[i] for i in idx], [int(corpus.labels[i]) for i in idx])
 
     return TaskData(task, dataset, list(corpus.names), take(train), take(val), take(test))
+
+
+def _class_ratio_rows(corpus: _Corpus, train: np.ndarray, keep: dict[str, float], seed: int, task: str) -> np.ndarray:
+    """Positions in ``train`` kept by a class ratio; an unknown class is a DataError listing the dataset's labels."""
+    from core.imbalance import ClassRatioError, subsample_class
+
+    try:
+        return subsample_class(corpus.labels[train].tolist(), list(corpus.names), keep, seed)
+    except ClassRatioError as exc:
+        raise DataError(f"task {task}: class_ratio {keep}: {exc}") from None

@@ -1,4 +1,10 @@
-"""Predictions from a trained run: every task's label and class probabilities in one backbone pass."""
+"""Predictions from a trained run: every task's label and class probabilities in one backbone pass.
+
+int8: dynamic int8 quantization of the backbone's linear layers (LoRA adapters merged first; the small
+heads stay in full precision). A run may predict in int8 only where int8 agreed with full precision on
+at least ``INT8_MIN_AGREEMENT`` of its test labels; ``measure_int8`` measures that once, when training
+ends, and stores it with the run (int8.json); the dashboard only reads it (``read_int8_report``).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,8 @@ import time
 import torch
 
 from core.checkpoint import load_model
-from core.store import RunStore
-
-
-class PredictError(ValueError):
-    pass
+from core.errors import CheckpointError, FreezeLabError, PredictError
+from core.store import RunStore, read_json, write_json_atomic
 
 
 class Predictor:
@@ -25,14 +28,26 @@ class Predictor:
         """``int8``: dynamic int8 quantization of the linear layers (CPU), allowed only where it agreed with
         full precision on at least 99.5% of the run's test labels (see ``int8_agreement``)."""
         store.existing_path(run_id)
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-        model, tokenizer, meta = load_model(store.checkpoint_dir(run_id), dev)
+        dev = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
+        try:
+            model, tokenizer, meta = load_model(store.checkpoint_dir(run_id), dev)
+        except FreezeLabError:
+            raise
+        except Exception as exc:  # a damaged weight or tokenizer file: say which run, not a stack trace
+            raise CheckpointError(
+                f"the checkpoint of run {run_id} cannot be read ({type(exc).__name__}: {str(exc)[:160]}); "
+                "resume or retrain the run."
+            ) from None
         predictor = cls(model, tokenizer, meta, dev, run_id)
         if int8:
             report = int8_agreement(store, run_id, predictor)
             if not report["allowed"]:
-                raise PredictError(f"int8 prediction for {run_id} agrees with full precision on only "
-                                   f"{100 * report['agreement']:.2f}% of its test set (< 99.5%): use full precision.")
+                raise PredictError(
+                    f"int8 prediction for {run_id} agrees with full precision on only "
+                    f"{100 * report['agreement']:.2f}% of its test set (< 99.5%): use full precision."
+                )
             predictor = cls(quantize(model), tokenizer, meta, torch.device("cpu"), run_id)
         return predictor
 
@@ -40,33 +55,49 @@ class Predictor:
     def label_names(self) -> dict[str, list[str]]:
         return self.model.label_names
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text before truncation (special tokens included): more than ``max_length`` were cut."""
+        return [len(ids) for ids in self.tokenizer([t.strip() for t in texts], truncation=False)["input_ids"]]
+
     @torch.inference_mode()
     def probabilities(self, texts: list[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
         """Per task, a (len(texts), n_labels) tensor of class probabilities."""
         cleaned = [t.strip() if isinstance(t, str) else "" for t in texts]
         empty = [i for i, t in enumerate(cleaned) if not t]
         if empty:
-            raise PredictError(f"text {empty[0] + 1} of {len(texts)} is empty: type a sentence (empty lines are skipped in the UI).")
+            raise PredictError(
+                f"text {empty[0] + 1} of {len(texts)} is empty: type a sentence (empty lines are skipped in the UI)."
+            )
         out: dict[str, list[torch.Tensor]] = {t: [] for t in self.model.tasks}
         for start in range(0, len(cleaned), batch_size):
-            enc = self.tokenizer(cleaned[start : start + batch_size], truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt")
+            enc = self.tokenizer(
+                cleaned[start : start + batch_size],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             logits = self.model.predict_all(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
             for task, value in logits.items():
                 out[task].append(torch.softmax(value.float(), dim=-1).cpu())
         return {task: torch.cat(parts) for task, parts in out.items()}
 
     def predict(self, texts: list[str]) -> list[dict]:
-        """[{text, tasks: {task: {label, probabilities: {label: p}}}}] in the order of ``texts``."""
+        """[{text, tokens, truncated, tasks: {task: {label, probabilities: {label: p}}}}] in the order of ``texts``;
+        ``tokens``: the text's length in tokens, ``truncated``: the model read only the first ``max_length``."""
         probs = self.probabilities(texts)
+        counts = self.token_counts(texts)
         results = []
         for i, text in enumerate(texts):
             tasks = {}
             for task, names in self.label_names.items():
                 row = probs[task][i].tolist()
-                tasks[task] = {"label": names[max(range(len(row)), key=row.__getitem__)],
-                               "probabilities": dict(zip(names, row))}
-            results.append({"text": text, "tasks": tasks})
+                tasks[task] = {
+                    "label": names[max(range(len(row)), key=row.__getitem__)],
+                    "probabilities": dict(zip(names, row)),
+                }
+            truncated = counts[i] > self.max_length
+            results.append({"text": text, "tokens": counts[i], "truncated": truncated, "tasks": tasks})
         return results
 
     def timed_predict(self, texts: list[str]) -> tuple[list[dict], float]:
@@ -89,36 +120,69 @@ def median_latency(predictors: list[Predictor], texts: list[str], repeats: int =
 
 
 INT8_MIN_AGREEMENT = 0.995
+INT8_MAX_PER_TASK = 1000  # test sentences per task the agreement is measured on (enough to resolve 0.5%)
 
 
 def quantize(model):
+    """An int8 copy of ``model`` for CPU inference: LoRA adapters merged into their base layers (peft's adapter
+    layers read ``.weight.dtype``, which a quantized linear layer does not have), then the backbone's linear
+    layers quantized dynamically. The heads stay in full precision: they are tiny, and their input is the pooled
+    embedding, whose small range int8 activations would blur."""
     import copy
     import warnings
 
+    fast = copy.deepcopy(model).cpu().eval()
+    if any(".lora_" in name for name, _ in fast.named_parameters()):
+        from core.export import merge_lora
+
+        merge_lora(fast)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization prints a deprecation notice
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+        fast.backbone = torch.ao.quantization.quantize_dynamic(fast.backbone, {torch.nn.Linear}, dtype=torch.qint8)
+    return fast
 
 
-def int8_agreement(store: RunStore, run_id: str, predictor: Predictor | None = None) -> dict:
-    """Share of test sentences (all tasks) where int8 and full precision predict the same label. Cached."""
+def read_int8_report(store: RunStore, run_id: str) -> dict | None:
+    """The measured int8 agreement of a run ({agreement, n, allowed}), or None if it was never measured."""
+    report = read_json(store.int8_path(run_id))
+    return report if isinstance(report, dict) and {"agreement", "n", "allowed"} <= report.keys() else None
+
+
+def write_int8_report(store: RunStore, run_id: str, report: dict) -> None:
+    write_json_atomic(store.int8_path(run_id), report)
+
+
+def measure_int8(store: RunStore, run_id: str, predictor: Predictor | None = None) -> dict:
+    """Measure, once, how often int8 predicts the same label as full precision on the run's test splits (every
+    task, at most INT8_MAX_PER_TASK sentences each) and store it with the run. The worker calls this when a run
+    completes; it takes a few seconds to a minute on a CPU, so no page ever does."""
     from core.data import load_task_data
-    from core.store import read_json, write_json_atomic
 
-    path = store.path(run_id) / "int8.json"
-    cached = read_json(path)
-    if cached:
-        return cached
     predictor = predictor or Predictor.from_run(store, run_id, device="cpu")
     fast = Predictor(quantize(predictor.model), predictor.tokenizer, predictor.meta, torch.device("cpu"), run_id)
     cfg = store.read_config(run_id)
     same = total = 0
     for task in cfg.tasks:
-        data = load_task_data(task.name, task.dataset, text_column=task.text_column, label_column=task.label_column,
-                              split_seed=cfg.split_seed, max_eval_examples=cfg.max_eval_examples)
-        full, small = predictor.probabilities(data.test.texts), fast.probabilities(data.test.texts)
-        same += int((full[task.name].argmax(1) == small[task.name].argmax(1)).sum())
-        total += len(data.test)
-    report = {"agreement": same / total, "n": total, "allowed": same / total >= INT8_MIN_AGREEMENT}
-    write_json_atomic(path, report)
+        data = load_task_data(
+            task.name,
+            task.dataset,
+            text_column=task.text_column,
+            label_column=task.label_column,
+            split_seed=cfg.split_seed,
+            max_eval_examples=cfg.max_eval_examples,
+        )
+        texts = data.test.texts[:INT8_MAX_PER_TASK]
+        if task.name not in predictor.label_names or not texts:
+            continue
+        full, small = predictor.probabilities(texts)[task.name], fast.probabilities(texts)[task.name]
+        same += int((full.argmax(1) == small.argmax(1)).sum())
+        total += len(texts)
+    agreement = same / total if total else 0.0
+    report = {"agreement": agreement, "n": total, "allowed": bool(total) and agreement >= INT8_MIN_AGREEMENT}
+    write_int8_report(store, run_id, report)
     return report
+
+
+def int8_agreement(store: RunStore, run_id: str, predictor: Predictor | None = None) -> dict:
+    """The run's int8 agreement: as stored, or measured now (``measure_int8``) if it never was."""
+    return read_int8_report(store, run_id) or measure_int8(store, run_id, predictor)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 
+import numpy as np
 import torch
 
-from core.config import ConfigError
+from core.errors import ConfigError
 
 
 class StopRequested(Exception):
@@ -19,6 +21,13 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch generators: what a run draws before its own seeded steps (data, model)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def set_frozen_eval(module: torch.nn.Module) -> None:
@@ -59,3 +68,10 @@ def run_logger(path) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    """Close the run log's file: a worker may train several runs (Ray) and must not keep old files open."""
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.config import ConfigError
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from core.config import RunConfig
@@ -43,9 +43,13 @@ class Strategy:
     def validate_config(self, cfg: RunConfig) -> None:
         if self.uses_freeze_layers:
             if cfg.freeze_layers is None:
-                raise ConfigError(f"strategy {self.id} needs freeze_layers (the k bottom layers to freeze), e.g. --freeze-layers 4.")
+                raise ConfigError(
+                    f"strategy {self.id} needs freeze_layers (the k bottom layers to freeze), e.g. --freeze-layers 4."
+                )
             if cfg.freeze_layers < 0:
-                raise ConfigError(f"freeze_layers={cfg.freeze_layers}: use 0 (embeddings only) up to the backbone's layer count.")
+                raise ConfigError(
+                    f"freeze_layers={cfg.freeze_layers}: use 0 (embeddings only) up to the backbone's layer count."
+                )
         if self.frozen_head_task is not None and len(cfg.tasks) <= self.frozen_head_task:
             raise ConfigError(
                 f"strategy {self.id} freezes the head of task {'AB'[self.frozen_head_task]}, but the run has "
@@ -208,15 +212,21 @@ def apply_strategy(model: MultiTaskModel, cfg: RunConfig, unfrozen_layers: int |
     strategy = get_strategy(cfg.strategy)
     n_layers = num_backbone_layers(model)
     if strategy.uses_freeze_layers and (cfg.freeze_layers or 0) > n_layers:
-        raise ConfigError(f"freeze_layers={cfg.freeze_layers} but the backbone has only {n_layers} layers; use 0 to {n_layers}.")
+        raise ConfigError(
+            f"freeze_layers={cfg.freeze_layers} but the backbone has only {n_layers} layers; use 0 to {n_layers}."
+        )
     ctx = StrategyContext(n_layers, model.tasks, cfg.freeze_layers, unfrozen_layers)
     for name, param in model.named_parameters():
         param.requires_grad_(strategy.rule(name, group_of(name), ctx))
 
 
 def lora_settings(cfg: RunConfig) -> dict:
-    return {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
-            "target_modules": list(cfg.lora_targets)}
+    return {
+        "r": cfg.lora_r,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout,
+        "target_modules": list(cfg.lora_targets),
+    }
 
 
 def inject_lora(backbone, settings: dict):
@@ -226,8 +236,10 @@ def inject_lora(backbone, settings: dict):
     try:
         return inject_adapter_in_model(LoraConfig(bias="none", **settings), backbone)
     except ValueError as exc:
-        raise ConfigError(f"LoRA could not find target modules {settings['target_modules']} in this backbone "
-                          f"({str(exc).splitlines()[0][:120]}); set lora_targets to its projection names.") from None
+        raise ConfigError(
+            f"LoRA could not find target modules {settings['target_modules']} in this backbone "
+            f"({str(exc).splitlines()[0][:120]}); set lora_targets to its projection names."
+        ) from None
 
 
 def prepare_backbone(backbone, cfg: RunConfig):

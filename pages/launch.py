@@ -1,8 +1,9 @@
-"""Launch: choose backbone, strategy, data and settings; see what trains; queue runs or a sweep."""
+"""Launch: choose backbone, strategy, data and settings; see what trains and how much data each split gets;
+queue runs or a sweep. Every value is kept while you visit other pages; problems show next to their field."""
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -13,12 +14,63 @@ import streamlit as st
 from core import jobs
 from core.backbones import BUILTIN_BACKBONES
 from core.config import ConfigError, RunConfig, TaskConfig
-from core.data import BUILTIN_DATASETS, preview_file, read_table
+from core.data import BUILTIN_DATASETS, load_task_data, preview_file, read_table
+from core.errors import DataError
 from core.strategies import STRATEGIES, plan
-from pages.common import fmt_params, get_store, guarded
+from pages.common import fmt_params, get_store, guarded, stored_upload
 
 BUILTIN_LABELS = {"bbc_topics": 5, "rt_sentiment": 2, "imdb_sentiment": 2}
 OTHER = "Other: a model folder or hub id"
+KEEP = "session"  # widget values survive a visit to another page
+MIN_SPLIT = 5  # fewer validation or test examples than this measure nothing: Launch is refused
+SMALL_SPLIT = 100  # fewer than this: one sentence moves accuracy by a point or more, so warn
+SWEEP_DEFAULT = ["frozen_backbone", "freeze_lower", "full_finetune"]
+# Config fields as the page names them: errors speak of what the user sees, never of tasks[1].name.
+FIELD_LABELS = {
+    "backbone": "Backbone",
+    "strategy": "Strategy",
+    "freeze_layers": "Frozen bottom layers k",
+    "unfreeze_every_steps": "Unfreeze interval",
+    "lora_r": "LoRA rank r",
+    "lora_alpha": "LoRA alpha",
+    "epochs": "Epochs",
+    "batch_size": "Batch size",
+    "max_length": "Max tokens per sentence",
+    "head_learning_rate": "Head learning rate",
+    "backbone_learning_rate": "Backbone learning rate",
+    "eval_every_steps": "Evaluation interval",
+    "task_sampling": "Task sampling",
+    "name": "Name",
+    "layer_lr_decay": "Layer-wise LR decay",
+    "max_train_examples": "Training examples",
+    "loss_weight": "Loss weight",
+    "dataset": "Data",
+}
+_FIELD_RE = re.compile(r"^(?:tasks\[(?P<task>\d+)\]\.)?(?P<field>[a-z_]+)=(?P<value>.*?)(?P<rest>(?: is |: ).*)$", re.S)
+
+
+def user_words(message: str) -> tuple[str | None, str]:
+    """(the field a config error is about, the error in the page's words): 'head_learning_rate=5.0 is out of
+    range…' becomes 'Head learning rate 5.0 is out of range…'."""
+    m = _FIELD_RE.match(message)
+    if not m:
+        return None, message
+    label = FIELD_LABELS.get(m["field"], m["field"].replace("_", " ").capitalize())
+    if m["task"] is not None:
+        label = f"Task {'AB'[int(m['task'])]} {label.lower()}"
+        return f"tasks[{m['task']}].{m['field']}", f"{label} {m['value']}{m['rest']}"
+    return m["field"], f"{label} {m['value']}{m['rest']}"
+
+
+@dataclasses.dataclass
+class TaskForm:
+    """What one task's controls produced: its config (None when off or incomplete) and where to say problems."""
+
+    letter: str
+    config: TaskConfig | None = None
+    n_labels: int = 0
+    ok: bool = True
+    slots: dict = dataclasses.field(default_factory=dict)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -37,58 +89,163 @@ def cached_preview(path: str, mtime: float) -> dict:
     return preview_file(path)
 
 
-def save_upload(upload) -> str:
-    """Keep an uploaded file under the runs folder, named by its content, and return its path."""
-    data = upload.getvalue()
-    digest = hashlib.sha256(data).hexdigest()[:12]
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", upload.name)[-60:]
-    folder = get_store().root / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}-{safe}"
-    if not path.exists():
-        path.write_bytes(data)
-    return str(path)
+@st.cache_data(show_spinner="Checking the data…", max_entries=64)
+def split_sizes(dataset: str, text: str, label: str, max_train: int | None, max_eval: int | None, mtime: float) -> dict:
+    """The examples each split will get, as a run would load them ({"error": ...} when the data cannot be used)."""
+    try:
+        data = load_task_data(
+            "check",
+            dataset,
+            text_column=text,
+            label_column=label,
+            max_train_examples=max_train,
+            max_eval_examples=max_eval,
+        )
+    except DataError as exc:
+        return {"error": str(exc)}
+    return {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}
 
 
-def task_ui(letter: str, default_name: str, default_dataset: str) -> tuple[TaskConfig | None, int]:
-    """The controls of one task; returns its config (None when switched off) and its label count."""
+def name_problem(name: str, default_name: str) -> str | None:
+    if not name:
+        return f"Task name is empty: name the task with letters, digits and '_' (e.g. {default_name})."
+    if not name.replace("_", "").isalnum():
+        suggestion = re.sub(r"\W+", "_", name).strip("_") or default_name
+        return f"Task name {name!r} can hold letters, digits and '_' only (e.g. {suggestion})."
+    return None
+
+
+def data_check_ui(form: TaskForm, dataset: str, text: str, label: str, cap: int | None) -> None:
+    """Split sizes before anything is queued: refuse data that cannot measure anything, warn about data that
+    can barely measure (a 60-row file leaves 6 test sentences: each one is 16.7 accuracy points)."""
+    mtime = Path(dataset).stat().st_mtime if Path(dataset).is_file() else 0.0
+    sizes = split_sizes(dataset, text, label, cap, RunConfig().max_eval_examples, mtime)
+    if "error" in sizes:
+        st.error(
+            user_words(sizes["error"])[1].replace("text_column", "Text column").replace("label_column", "Label column")
+        )
+        form.ok = False
+        return
+    train, val, test = sizes["train"], sizes["validation"], sizes["test"]
+    st.caption(f"Split sizes: {train:,} train · {val:,} validation · {test:,} test")
+    if min(train, val, test) < MIN_SPLIT:
+        st.error(
+            f"Only {train} train, {val} validation and {test} test examples: at least {MIN_SPLIT} of each are "
+            "needed to measure anything. Add rows to the file."
+        )
+        form.ok = False
+    elif min(val, test) < SMALL_SPLIT:
+        st.warning(
+            f"Only {val:,} validation and {test:,} test examples: each test sentence moves test accuracy by "
+            f"{100 / test:.1f} points, so differences between runs will mostly be noise. Aim for about "
+            f"{SMALL_SPLIT} or more of each: add rows to the file."
+        )
+
+
+def _forget_upload(letter: str) -> None:
+    st.session_state.pop(f"kept_{letter}", None)  # the file was removed or replaced in the uploader
+
+
+def task_ui(letter: str, default_name: str, default_dataset: str) -> TaskForm:
+    """The controls of one task, with its problems written under the field they concern."""
+    form = TaskForm(letter)
     st.markdown(f"**Task {letter}**")
-    use = st.toggle(f"Train task {letter}", value=True, key=f"use_{letter}")
-    if not use:
-        return None, 0
-    name = st.text_input("Task name", default_name, key=f"name_{letter}")
-    source = st.radio("Data", ["Built-in", "Upload a file", "Hub dataset"], horizontal=True, key=f"src_{letter}")
-    text_col, label_col, n_labels = "text", "label", 2
+    if not st.toggle(f"Train task {letter}", value=True, key=f"use_{letter}", persist_state=KEEP):
+        return form
+    name = st.text_input("Task name", default_name, key=f"name_{letter}", persist_state=KEEP).strip()
+    form.slots["name"] = st.empty()
+    if problem := name_problem(name, default_name):
+        form.slots["name"].error(problem)
+        form.ok = False
+    source = st.radio(
+        "Data", ["Built-in", "Upload a file", "Hub dataset"], horizontal=True, key=f"src_{letter}", persist_state=KEEP
+    )
+    text_col, label_col, n_labels, check = "text", "label", 2, True
     if source == "Built-in":
         names = list(BUILTIN_DATASETS)
-        dataset = st.selectbox("Dataset", names, index=names.index(default_dataset), key=f"ds_{letter}",
-                               format_func=lambda n: f"{n}: {BUILTIN_DATASETS[n]}")
+        dataset = st.selectbox(
+            "Dataset",
+            names,
+            index=names.index(default_dataset),
+            key=f"ds_{letter}",
+            persist_state=KEEP,
+            format_func=lambda n: f"{n}: {BUILTIN_DATASETS[n]}",
+        )
         n_labels = BUILTIN_LABELS.get(dataset, 2)
     elif source == "Upload a file":
-        upload = st.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"], key=f"up_{letter}")
-        if upload is None:
+        upload = st.file_uploader(
+            "CSV, JSONL or Parquet",
+            type=["csv", "jsonl", "json", "parquet"],
+            key=f"up_{letter}",
+            on_change=_forget_upload,
+            args=(letter,),
+        )
+        if upload is not None:
+            st.session_state[f"kept_{letter}"] = (upload.name, stored_upload(upload))
+        kept = st.session_state.get(f"kept_{letter}")
+        if kept is None:
             st.info("Upload a file with a text column and a label column.")
-            return None, 0
-        dataset = save_upload(upload)
+            form.ok = False
+            return form
+        if upload is None:
+            st.caption(f"Using {kept[0]}, uploaded earlier (upload another file to replace it).")
+        dataset = kept[1]
         preview = cached_preview(dataset, Path(dataset).stat().st_mtime)
         st.dataframe(preview["rows"], hide_index=True, width="stretch")
         cols = preview["columns"]
-        text_col = st.selectbox("Text column", cols, key=f"tc_{letter}")
-        label_col = st.selectbox("Label column", cols, index=min(1, len(cols) - 1), key=f"lc_{letter}")
-        n_labels = label_count(dataset, label_col, Path(dataset).stat().st_mtime)
-        st.caption(f"{preview['n_rows']:,} rows, {n_labels} label values in {label_col!r}")
+        text_col = st.selectbox("Text column", cols, key=f"tc_{letter}", persist_state=KEEP)
+        label_col = st.selectbox(
+            "Label column", cols, index=min(1, len(cols) - 1), key=f"lc_{letter}", persist_state=KEEP
+        )
+        if text_col == label_col:
+            only = " This file has only one column." if len(cols) == 1 else ""
+            st.error(
+                f"Text and label are the same column ({label_col!r}): pick the column that holds each sentence's "
+                f"class as the label column.{only}"
+            )
+            form.ok, check = False, False
+        else:
+            n_labels = label_count(dataset, label_col, Path(dataset).stat().st_mtime)
+            st.caption(f"{preview['n_rows']:,} rows, {n_labels} label values in {label_col!r}")
+            if n_labels < 2:
+                st.error(f"Label column {label_col!r} holds {n_labels} class: a classifier needs at least 2.")
+                form.ok, check = False, False
     else:
-        hub = st.text_input("Hub dataset name", placeholder="e.g. ag_news (needs network)", key=f"hub_{letter}")
+        hub = st.text_input(
+            "Hub dataset name", placeholder="e.g. ag_news (needs network)", key=f"hub_{letter}", persist_state=KEEP
+        )
         if not hub:
-            return None, 0
-        dataset = f"hf:{hub}"
-        text_col = st.text_input("Text column", "text", key=f"htc_{letter}")
-        label_col = st.text_input("Label column", "label", key=f"hlc_{letter}")
-    cap = st.number_input("Training examples (0 = all)", 0, 1_000_000, 500, step=100, key=f"max_{letter}",
-                          help="Small numbers simulate a task with little data.")
-    weight = st.number_input("Loss weight", 0.0, 100.0, 1.0, step=0.5, key=f"w_{letter}")
-    return TaskConfig(name=name.strip(), dataset=dataset, text_column=text_col, label_column=label_col,
-                      max_train_examples=int(cap) or None, loss_weight=float(weight)), n_labels
+            form.ok = False
+            return form
+        dataset, check = f"hf:{hub}", False
+        text_col = st.text_input("Text column", "text", key=f"htc_{letter}", persist_state=KEEP)
+        label_col = st.text_input("Label column", "label", key=f"hlc_{letter}", persist_state=KEEP)
+        st.caption("A hub dataset is checked when its run starts (it needs network).")
+    cap = st.number_input(
+        "Training examples (0 = all)",
+        0,
+        1_000_000,
+        500,
+        step=100,
+        key=f"max_{letter}",
+        persist_state=KEEP,
+        help="Small numbers simulate a task with little data.",
+    )
+    form.slots["max_train_examples"] = st.empty()
+    weight = st.number_input("Loss weight", 0.0, 100.0, 1.0, step=0.5, key=f"w_{letter}", persist_state=KEEP)
+    form.slots["loss_weight"] = st.empty()
+    if check:
+        data_check_ui(form, dataset, text_col, label_col, int(cap) or None)
+    form.config = TaskConfig(
+        name=name,
+        dataset=dataset,
+        text_column=text_col,
+        label_column=label_col,
+        max_train_examples=int(cap) or None,
+        loss_weight=float(weight),
+    )
+    form.n_labels = n_labels
+    return form
 
 
 def diagram(report: dict) -> go.Figure:
@@ -98,116 +255,274 @@ def diagram(report: dict) -> go.Figure:
     fig = go.Figure()
     for label, key, color in (("trainable", "trainable", "#2563eb"), ("frozen", None, "#cbd5e1")):
         values = [g["trainable"] if key else g["total"] - g["trainable"] for g in layers]
-        fig.add_bar(y=names, x=values, orientation="h", name=label, marker_color=color,
-                    text=[fmt_params(v) if v else "" for v in values], textposition="inside")
-    fig.update_layout(barmode="stack", height=90 + 28 * len(names), margin=dict(l=0, r=0, t=10, b=0),
-                      xaxis=dict(type="log", title="parameters (log scale)"), legend=dict(orientation="h", y=1.08),
-                      yaxis=dict(autorange=True))
+        fig.add_bar(
+            y=names,
+            x=values,
+            orientation="h",
+            name=label,
+            marker_color=color,
+            text=[fmt_params(v) if v else "" for v in values],
+            textposition="inside",
+        )
+    fig.update_layout(
+        barmode="stack",
+        height=90 + 28 * len(names),
+        margin=dict(l=0, r=0, t=10, b=0),
+        xaxis=dict(type="log", title="parameters (log scale)"),
+        legend=dict(orientation="h", y=1.08),
+        yaxis=dict(autorange=True),
+    )
     return fig
+
+
+def model_ui(slots: dict) -> tuple[str, str, int | None, dict]:
+    """Backbone and strategy with the strategy's own settings; returns backbone, strategy, k and extra config."""
+    options = list(BUILTIN_BACKBONES) + [OTHER]
+    choice = st.selectbox(
+        "Backbone",
+        options,
+        key="backbone",
+        persist_state=KEEP,
+        format_func=lambda b: (
+            b if b == OTHER else f"{b}  ·  {BUILTIN_BACKBONES[b].size_class}  ·  {BUILTIN_BACKBONES[b].speed_class}"
+        ),
+    )
+    backbone = (
+        st.text_input(
+            "Model folder or hub id", placeholder="bert-base-uncased", key="backbone_other", persist_state=KEEP
+        )
+        if choice == OTHER
+        else choice
+    )
+    slots["backbone"] = st.empty()
+    st.caption(
+        BUILTIN_BACKBONES[choice].description
+        if choice in BUILTIN_BACKBONES
+        else "Any Hugging Face encoder; a hub id needs network access."
+    )
+    strategy = st.selectbox(
+        "Strategy",
+        list(STRATEGIES),
+        index=list(STRATEGIES).index("frozen_backbone"),
+        key="strategy",
+        persist_state=KEEP,
+        format_func=lambda s: f"{s}: {STRATEGIES[s].title}",
+    )
+    st.info(STRATEGIES[strategy].when_to_use)
+    freeze_layers, extra = None, {}
+    if STRATEGIES[strategy].uses_freeze_layers:
+        freeze_layers = st.slider(
+            "Freeze the bottom k transformer layers",
+            0,
+            12,
+            3,
+            key="freeze_layers",
+            persist_state=KEEP,
+            help="The embeddings are frozen too. k=0 freezes the embeddings only.",
+        )
+        slots["freeze_layers"] = st.empty()
+    if STRATEGIES[strategy].staged:
+        every = st.number_input(
+            "Unfreeze one more layer every N steps (0 = every epoch)", 0, 100000, 0, key="unfreeze", persist_state=KEEP
+        )
+        slots["unfreeze_every_steps"] = st.empty()
+        extra["unfreeze_every_steps"] = int(every) or None
+    if STRATEGIES[strategy].lora:
+        r_col, a_col = st.columns(2)
+        extra["lora_r"] = int(r_col.number_input("LoRA rank r", 1, 256, 8, key="lora_r", persist_state=KEEP))
+        slots["lora_r"] = r_col.empty()
+        extra["lora_alpha"] = int(a_col.number_input("LoRA alpha", 1, 1024, 16, key="lora_alpha", persist_state=KEEP))
+        slots["lora_alpha"] = a_col.empty()
+    return (backbone or "").strip(), strategy, freeze_layers, extra
+
+
+def settings_ui(slots: dict, extra: dict) -> dict:
+    """The training settings, each with a place for its own error; returns RunConfig keywords and the seeds text."""
+    c1, c2, c3 = st.columns(3)
+
+    def field(col, name: str, widget, *args, **kwargs):
+        value = widget(*args, key=f"set_{name}", persist_state=KEEP, **kwargs)
+        slots[name] = col.empty()
+        return value
+
+    values = {
+        "epochs": float(field(c1, "epochs", c1.number_input, "Epochs", 0.1, 100.0, 1.0, step=0.5)),
+        "batch_size": int(field(c2, "batch_size", c2.number_input, "Batch size", 1, 1024, 32)),
+        "max_length": int(field(c3, "max_length", c3.number_input, "Max tokens per sentence", 8, 512, 128)),
+        "head_learning_rate": float(
+            field(c1, "head_learning_rate", c1.number_input, "Head learning rate", 0.0, 10.0, 3e-2, format="%.0e")
+        ),
+        "backbone_learning_rate": float(
+            field(
+                c2, "backbone_learning_rate", c2.number_input, "Backbone learning rate", 0.0, 10.0, 5e-5, format="%.0e"
+            )
+        ),
+        "eval_every_steps": int(
+            field(
+                c3,
+                "eval_every_steps",
+                c3.number_input,
+                "Evaluate every N steps (0 = auto)",
+                0,
+                100000,
+                0,
+                help="Auto: about 6 validation points per run, whatever its length.",
+            )
+        )
+        or None,
+        "task_sampling": field(
+            c1,
+            "task_sampling",
+            c1.selectbox,
+            "Task sampling",
+            ["proportional", "round_robin", "temperature"],
+            help="How batches of the two tasks are mixed; temperature uses size^(1/2) (T5).",
+        ),
+    }
+    name = field(c2, "name", c2.text_input, "Run name (optional)")
+    values["name"] = name.strip() or None
+    values["seeds"] = field(c3, "seeds", c3.text_input, "Seeds", "0", help="Comma-separated; one run per seed.")
+    decay = field(
+        c1,
+        "layer_lr_decay",
+        c1.number_input,
+        "Layer-wise LR decay (1 = off)",
+        0.1,
+        1.0,
+        1.0,
+        step=0.05,
+        help="Each layer's rate is the one above it times this (0.95 in Sun et al. 2019).",
+    )
+    if decay < 1.0:
+        extra["layer_lr_decay"] = float(decay)
+    return values
+
+
+def what_trains_ui(cfg: RunConfig, forms: list[TaskForm]) -> dict | None:
+    st.subheader("What trains")
+    if cfg is None:
+        st.caption("The parameter counts appear once the settings marked in red are fixed.")
+        return None
+    labels = tuple(sorted({f.config.name: f.n_labels for f in forms if f.config is not None}.items()))
+    report = cached_plan(json.dumps(cfg.to_dict()), labels)
+    m1, m2 = st.columns(2)
+    m1.metric("Trainable parameters", fmt_params(report["trainable_params"]))
+    m2.metric(
+        "Total parameters",
+        fmt_params(report["total_params"]),
+        f"{report['trainable_percent']:.2f}% train",
+        delta_color="off",
+    )
+    st.plotly_chart(diagram(report), width="stretch", config={"displayModeBar": False})
+    return report
+
+
+def sweep_ui(cfg: RunConfig | None, seeds: list[int], n_tasks: int, report: dict | None) -> None:
+    with st.popover("Launch a sweep", width="stretch", disabled=cfg is None):
+        picked = st.multiselect(
+            "Strategies", list(STRATEGIES), default=SWEEP_DEFAULT, key="sweep_strategies", persist_state=KEEP
+        )
+        deep = [s for s in picked if STRATEGIES[s].uses_freeze_layers]
+        depths: list[int] = []
+        if deep:
+            n_layers = sum(g["group"].startswith("layer.") for g in report["layers"]) if report else 12
+            default = [cfg.freeze_layers] if cfg is not None and cfg.freeze_layers is not None else []
+            depths = st.multiselect(
+                f"Freeze depths (k) for {', '.join(deep)}",
+                list(range(n_layers + 1)),
+                default=[k for k in default if k <= n_layers],
+                key="sweep_depths",
+                persist_state=KEEP,
+                placeholder="choose one or more k",
+                help="One run per depth: the embeddings and the bottom k layers are frozen.",
+            )
+            if not depths:
+                st.caption(f"Choose at least one freeze depth for {', '.join(deep)}.")
+        separate = st.checkbox(
+            "Also train each task alone (multi-task vs separate models)",
+            disabled=n_tasks < 2,
+            key="sweep_separate",
+            persist_state=KEEP,
+        )
+        per_seed = len(picked) - len(deep) + len(deep) * len(depths)
+        st.caption(
+            f"{per_seed} configurations x {len(seeds)} seeds = {per_seed * len(seeds)} runs"
+            f"{' (x3 with separate models)' if separate else ''}, in the background."
+        )
+        if st.button("Queue the sweep", disabled=not picked or cfg is None or (bool(deep) and not depths)):
+            sweep_id, ids = jobs.sweep(
+                get_store(), cfg, strategies=picked, seeds=seeds, freeze_layers=depths or None, separate_models=separate
+            )
+            st.success(f"Queued sweep {sweep_id} with {len(ids)} runs. Compare them on the Compare page.")
 
 
 @guarded
 def page() -> None:
     st.title("Launch runs")
     st.caption("Pick what to freeze, see what it costs, then queue a run or a sweep. Runs train in the background.")
+    slots: dict = {}
+    extra: dict = {}
     left, right = st.columns([3, 2], gap="large")
     with left:
-        options = list(BUILTIN_BACKBONES) + [OTHER]
-        choice = st.selectbox("Backbone", options, format_func=lambda b: b if b == OTHER else
-                              f"{b}  ·  {BUILTIN_BACKBONES[b].size_class}  ·  {BUILTIN_BACKBONES[b].speed_class}")
-        backbone = st.text_input("Model folder or hub id", placeholder="bert-base-uncased") if choice == OTHER else choice
-        st.caption(BUILTIN_BACKBONES[choice].description if choice in BUILTIN_BACKBONES else
-                   "Any Hugging Face encoder; a hub id needs network access.")
-        strategy = st.selectbox("Strategy", list(STRATEGIES), index=list(STRATEGIES).index("frozen_backbone"), format_func=lambda s: f"{s}: {STRATEGIES[s].title}")
-        st.info(STRATEGIES[strategy].when_to_use)
-        freeze_layers, extra = None, {}
-        if STRATEGIES[strategy].uses_freeze_layers:
-            freeze_layers = st.slider("Freeze the bottom k transformer layers", 0, 12, 3,
-                                      help="The embeddings are frozen too. k=0 freezes the embeddings only.")
-        if STRATEGIES[strategy].staged:
-            every = st.number_input("Unfreeze one more layer every N steps (0 = every epoch)", 0, 100000, 0)
-            extra["unfreeze_every_steps"] = int(every) or None
-        if STRATEGIES[strategy].lora:
-            r_col, a_col = st.columns(2)
-            extra["lora_r"] = int(r_col.number_input("LoRA rank r", 1, 256, 8))
-            extra["lora_alpha"] = int(a_col.number_input("LoRA alpha", 1, 1024, 16))
+        backbone, strategy, freeze_layers, extra = model_ui(slots)
         a_col, b_col = st.columns(2)
         with a_col:
-            task_a, labels_a = task_ui("A", "topic", "bbc_topics")
+            form_a = task_ui("A", "topic", "bbc_topics")
         with b_col:
-            task_b, labels_b = task_ui("B", "sentiment", "rt_sentiment")
+            form_b = task_ui("B", "sentiment", "rt_sentiment")
         with st.expander("Training settings"):
-            c1, c2, c3 = st.columns(3)
-            epochs = c1.number_input("Epochs", 0.1, 100.0, 1.0, step=0.5)
-            batch_size = c2.number_input("Batch size", 1, 1024, 32)
-            max_length = c3.number_input("Max tokens per sentence", 8, 512, 128)
-            head_lr = c1.number_input("Head learning rate", 0.0, 10.0, 3e-2, format="%.0e")
-            backbone_lr = c2.number_input("Backbone learning rate", 0.0, 10.0, 5e-5, format="%.0e")
-            eval_every = c3.number_input("Evaluate every N steps (0 = auto)", 0, 100000, 0,
-                                         help="Auto: about 6 validation points per run, whatever its length.")
-            sampling = c1.selectbox("Task sampling", ["proportional", "round_robin", "temperature"],
-                                    help="How batches of the two tasks are mixed; temperature uses size^(1/2) (T5).")
-            name = c2.text_input("Run name (optional)")
-            seeds_text = c3.text_input("Seeds", "0", help="Comma-separated; one run per seed.")
-            decay = c1.number_input("Layer-wise LR decay (1 = off)", 0.1, 1.0, 1.0, step=0.05,
-                                    help="Each layer's rate is the one above it times this (0.95 in Sun et al. 2019).")
-            if decay < 1.0:
-                extra["layer_lr_decay"] = float(decay)
-    tasks = [t for t in (task_a, task_b) if t is not None]
-    cfg, problem, seeds = None, None, []
+            values = settings_ui(slots, extra)
+    forms = [f for f in (form_a, form_b) if f.config is not None or not f.ok]
+    tasks = [f.config for f in forms if f.config is not None]
+    for i, form in enumerate(forms):
+        for key, slot in form.slots.items():
+            slots[f"tasks[{i}].{key}"] = slot
+    if len(tasks) == 2 and tasks[0].name and tasks[0].name == tasks[1].name:
+        form_b.slots["name"].error(
+            f"Task B has the same name as Task A ({tasks[0].name!r}): give each task its own name."
+        )
+        form_b.ok = False
+    seeds_text = values.pop("seeds")
+    cfg, seeds = None, []
     try:
         seeds = [int(s) for s in seeds_text.split(",") if s.strip()]
-    except ValueError:
-        problem = "Seeds must be whole numbers separated by commas, e.g. 0,1,2."
-    try:
-        cfg = RunConfig(
-            strategy=strategy, freeze_layers=freeze_layers, backbone=(backbone or "").strip(), tasks=tasks,
-            epochs=float(epochs), batch_size=int(batch_size), max_length=int(max_length),
-            head_learning_rate=float(head_lr), backbone_learning_rate=float(backbone_lr),
-            eval_every_steps=int(eval_every) or None, task_sampling=sampling, name=name.strip() or None, **extra,
-        ).validate()
         if not seeds:
-            raise ConfigError(problem or "Seeds is empty: give at least one, e.g. 0 or 0,1,2.")
+            slots["seeds"].error("Seeds is empty: give at least one, e.g. 0 or 0,1,2.")
+    except ValueError:
+        slots["seeds"].error("Seeds must be whole numbers separated by commas, e.g. 0,1,2.")
+    names = [t.name for t in tasks]
+    names_ok = len(set(names)) == len(names) and all(name_problem(n, "task") is None for n in names)
+    # Task names already have their own messages: check the other settings with placeholder names.
+    check_tasks = tasks if names_ok else [dataclasses.replace(t, name=f"task{i}") for i, t in enumerate(tasks)]
+    general = st.empty()  # errors that belong to no single field
+    if not tasks and all(f.ok for f in (form_a, form_b)):
+        general.error("Switch on at least one task (Task A or Task B).")
+    try:
+        candidate = RunConfig(
+            strategy=strategy, freeze_layers=freeze_layers, backbone=backbone, tasks=check_tasks, **values, **extra
+        ).validate()
+        if tasks and seeds and all(f.ok for f in (form_a, form_b)):
+            cfg = dataclasses.replace(candidate, tasks=tasks)
     except ConfigError as exc:
-        cfg, problem = None, str(exc)
+        field, text = user_words(str(exc))
+        if tasks and not (field or "").endswith(".name"):
+            (slots.get(field) or general).error(text)
     with right:
-        st.subheader("What trains")
-        if cfg is not None:
-            try:
-                pairs = [(t, n) for t, n in ((task_a, labels_a), (task_b, labels_b)) if t is not None]
-                labels = tuple(sorted({t.name: n for t, n in pairs}.items()))
-                report = cached_plan(json.dumps(cfg.to_dict()), labels)
-                m1, m2 = st.columns(2)
-                m1.metric("Trainable parameters", fmt_params(report["trainable_params"]))
-                m2.metric("Total parameters", fmt_params(report["total_params"]), f"{report['trainable_percent']:.2f}% train",
-                          delta_color="off")
-                st.plotly_chart(diagram(report), width="stretch", config={"displayModeBar": False})
-            except (ConfigError, ValueError) as exc:
-                problem = str(exc)
-        if problem:
-            st.error(problem)
+        report = what_trains_ui(cfg, forms)
     st.divider()
     c1, c2 = st.columns(2)
     with c1:
         n_runs = len(seeds) if cfg else 0
-        if st.button(f"Launch ({n_runs} run{'' if n_runs == 1 else 's'})", type="primary",
-                     disabled=cfg is None, width="stretch"):
+        if st.button(
+            f"Launch ({n_runs} run{'' if n_runs == 1 else 's'})", type="primary", disabled=cfg is None, width="stretch"
+        ):
             store = get_store()
-            ids = []
-            for seed in seeds:
-                run_cfg = RunConfig.from_dict({**cfg.to_dict(), "seed": seed})
-                ids.append(jobs.submit(store, run_cfg))
+            ids = [jobs.submit(store, RunConfig.from_dict({**cfg.to_dict(), "seed": seed})) for seed in seeds]
             st.success(f"Queued {len(ids)} run(s): {', '.join(ids)}. Follow them on the Runs page.")
+        if cfg is None:
+            st.caption("Launch is off until every field marked in red is fixed (some sit under Training settings).")
     with c2:
-        with st.popover("Launch a sweep", width="stretch", disabled=cfg is None):
-            picked = st.multiselect("Strategies", list(STRATEGIES), default=["frozen_backbone", "freeze_lower", "full_finetune"])
-            separate = st.checkbox("Also train each task alone (multi-task vs separate models)",
-                                   disabled=len(tasks) < 2)
-            st.caption(f"{len(picked)} strategies x {len(seeds)} seeds = {len(picked) * len(seeds)} runs"
-                       f"{' (x3 with separate models)' if separate else ''}, in the background.")
-            if st.button("Queue the sweep", disabled=not picked or cfg is None):
-                sweep_id, ids = jobs.sweep(get_store(), cfg, strategies=picked, seeds=seeds, separate_models=separate)
-                st.success(f"Queued sweep {sweep_id} with {len(ids)} runs. Compare them on the Compare page.")
+        sweep_ui(cfg, seeds, len(tasks), report)
 
 
 page()

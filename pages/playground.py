@@ -6,96 +6,181 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import read_table
-from core.predict import Predictor
-from pages.common import get_store, guarded
+from core.errors import user_message
+from core.predict import INT8_MIN_AGREEMENT, Predictor, read_int8_report
+from core.records import RunState
+from pages.common import get_store, guarded, stored_upload
 
 MAX_CSV_ROWS = 5000
+MAX_SHOWN_CHARS = 200
+KEEP = "session"  # choices survive a visit to another page
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
 def load_predictor(runs_dir: str, run_id: str, checkpoint_mtime: float, int8: bool) -> Predictor:
-    """Models stay loaded between interactions (keyed by the checkpoint's time, so retraining reloads)."""
+    """Models stay loaded between interactions (keyed by the checkpoint's time, so retraining reloads). int8 is
+    asked for only where the run's stored agreement allows it: loading never measures."""
     from core.store import RunStore
 
     return Predictor.from_run(RunStore(runs_dir), run_id, int8=int8)
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def predictions(runs_dir: str, run_id: str, checkpoint_mtime: float, int8: bool, texts: tuple[str, ...]) -> dict:
+    """One run's predictions for these sentences, computed once: other widgets, reruns and other runs reuse them."""
+    predictor = load_predictor(runs_dir, run_id, checkpoint_mtime, int8)
+    results, seconds = predictor.timed_predict(list(texts))
+    return {"results": results, "seconds": seconds, "max_length": predictor.max_length}
+
+
 def predictor_for(run_id: str, int8: bool = False) -> Predictor:
     store = get_store()
-    weights = store.checkpoint_dir(run_id) / "model.safetensors"
-    mtime = weights.stat().st_mtime if weights.exists() else 0.0
-    return load_predictor(str(store.root), run_id, mtime, int8)
+    return load_predictor(str(store.root), run_id, store.checkpoint_mtime(run_id) or 0.0, int8)
+
+
+def int8_choice(run_id: str, wanted: bool) -> tuple[bool, str | None]:
+    """Whether this run predicts in int8, and the note that says why (from the agreement measured in training)."""
+    if not wanted:
+        return False, None
+    report = read_int8_report(get_store(), run_id)
+    if report is None:
+        return False, "int8 agreement not measured for this run (it is measured when training ends): full precision"
+    agreement = f"{100 * report['agreement']:.1f}%"
+    if report["allowed"]:
+        return True, f"int8 (agreement {agreement} with full precision on {report['n']:,} test sentences)"
+    return False, (
+        f"full precision: int8 agreed on only {agreement} of {report['n']:,} test sentences "
+        f"(needs {100 * INT8_MIN_AGREEMENT:.1f}%)"
+    )
 
 
 def prob_chart(probabilities: dict[str, float]) -> go.Figure:
     labels = sorted(probabilities, key=probabilities.get)
-    fig = go.Figure(go.Bar(x=[probabilities[k] for k in labels], y=labels, orientation="h",
-                           text=[f"{probabilities[k]:.0%}" for k in labels], textposition="auto",
-                           marker_color=["#2563eb" if k == labels[-1] else "#cbd5e1" for k in labels]))
-    fig.update_layout(height=40 + 26 * len(labels), margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(range=[0, 1], visible=False))
+    fig = go.Figure(
+        go.Bar(
+            x=[probabilities[k] for k in labels],
+            y=labels,
+            orientation="h",
+            text=[f"{probabilities[k]:.0%}" for k in labels],
+            textposition="auto",
+            marker_color=["#2563eb" if k == labels[-1] else "#cbd5e1" for k in labels],
+        )
+    )
+    fig.update_layout(
+        height=40 + 26 * len(labels), margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(range=[0, 1], visible=False)
+    )
     return fig
+
+
+def shown_text(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1].rstrip() + "…"
+
+
+def run_column(run_id: str, name: str, sentences: list[str], int8: bool, show_probabilities: bool) -> None:
+    """One run's predictions; any error stays in this column."""
+    st.markdown(f"**{name}**")
+    use_int8, note = int8_choice(run_id, int8)
+    store = get_store()
+    try:
+        out = predictions(str(store.root), run_id, store.checkpoint_mtime(run_id) or 0.0, use_int8, tuple(sentences))
+    except Exception as exc:  # noqa: BLE001 - one run's broken checkpoint must not blank the other columns
+        st.error(f"{run_id}: {user_message(exc)}")
+        return
+    st.caption(f"{len(sentences)} sentence(s) in {out['seconds'] * 1000:.0f} ms")
+    if note:
+        st.caption(note)
+    for i, r in enumerate(out["results"]):
+        st.markdown(f"> {shown_text(r['text'])}")
+        if r.get("truncated"):
+            st.caption(
+                f"Truncated: this run reads the first {out['max_length']} of {r['tokens']} tokens; "
+                "the rest of the sentence did not count."
+            )
+        for task, pred in r["tasks"].items():
+            st.markdown(f"{task}: **{pred['label']}**")
+            if show_probabilities:
+                st.plotly_chart(
+                    prob_chart(pred["probabilities"]),
+                    width="stretch",
+                    config={"displayModeBar": False},
+                    key=f"{run_id}-{task}-{i}",
+                )
+
+
+def file_ui(chosen: list[str], names: dict[str, str]) -> None:
+    st.subheader("Predict a whole file")
+    upload = st.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"])
+    if upload is None:
+        return
+    df = read_table(stored_upload(upload))
+    column = st.selectbox("Text column", list(df.columns))
+    run_id = st.selectbox("Run", chosen, format_func=names.get)
+    if st.button("Predict the column"):
+        rows = df.head(MAX_CSV_ROWS).copy()
+        texts = rows[column].fillna("").astype(str).str.strip()
+        keep = texts != ""
+        preds = predictor_for(run_id).predict(texts[keep].tolist())
+        for task in preds[0]["tasks"] if preds else []:
+            rows.loc[keep, f"{task}_label"] = [p["tasks"][task]["label"] for p in preds]
+            rows.loc[keep, f"{task}_confidence"] = [max(p["tasks"][task]["probabilities"].values()) for p in preds]
+        skipped = int((~keep).sum())
+        st.dataframe(rows.head(50), width="stretch")
+        if skipped:
+            st.caption(f"{skipped} empty row(s) skipped.")
+        st.download_button("Download predictions", rows.to_csv(index=False).encode(), "predictions.csv", "text/csv")
 
 
 @guarded
 def page() -> None:
     st.title("Playground")
     store = get_store()
-    done = [r for r in store.list_runs() if r.state in ("completed", "stopped") and
-            (store.checkpoint_dir(r.id) / "model.safetensors").exists()]
+    done = [
+        r for r in store.list_runs() if r.state in (RunState.COMPLETED, RunState.STOPPED) and store.has_checkpoint(r.id)
+    ]
     if not done:
         st.info("No trained run yet. Launch one on **Launch**; when it completes, try sentences here.")
         return
-    names = {r.id: r.config.get("name") or r.id for r in done}
-    chosen = st.multiselect("Runs", list(names), default=list(names)[:2], format_func=names.get, max_selections=6)
+    shown = [r.config.get("name") or r.id for r in done]
+    names = {r.id: n if shown.count(n) == 1 else f"{n} ({r.id})" for r, n in zip(done, shown)}
+    kept = st.session_state.get("pg_runs")
+    if kept is None or any(r not in names for r in kept):  # first visit, or runs deleted since
+        st.session_state["pg_runs"] = [r for r in kept if r in names] if kept is not None else list(names)[:2]
+    chosen = st.multiselect(
+        "Runs",
+        list(names),
+        format_func=names.get,
+        max_selections=6,
+        key="pg_runs",
+        persist_state=KEEP,
+    )
     if not chosen:
         st.info("Pick one or more runs to compare their predictions.")
         return
-    text = st.text_area("Sentences, one a line", "The central bank raised interest rates again.\n"
-                        "A warm, funny and beautifully acted film.", height=110)
-    int8 = st.toggle("Faster int8 prediction", help="Dynamic int8 quantization; used only for runs where it "
-                     "predicts the same label as full precision on at least 99.5% of the test set (checked once).")
+    text = st.text_area(
+        "Sentences, one a line",
+        "The central bank raised interest rates again.\nA warm, funny and beautifully acted film.",
+        height=110,
+        key="pg_text",
+        persist_state=KEEP,
+    )
+    c1, c2 = st.columns(2)
+    int8 = c1.toggle(
+        "Faster int8 prediction",
+        key="pg_int8",
+        persist_state=KEEP,
+        help=f"Dynamic int8 quantization; used only for runs where it predicted the same label as full precision "
+        f"on at least {100 * INT8_MIN_AGREEMENT:.1f}% of the test set (measured once, when training ended).",
+    )
+    show_probabilities = c2.toggle("Show class probabilities", value=True, key="pg_probs", persist_state=KEEP)
     sentences = [line.strip() for line in text.splitlines() if line.strip()]
     if not sentences:
         st.warning("Type at least one sentence (empty lines are skipped).")
         return
-    columns = st.columns(len(chosen))
-    for col, run_id in zip(columns, chosen):
+    for col, run_id in zip(st.columns(len(chosen)), chosen):
         with col:
-            st.markdown(f"**{names[run_id]}**")
-            try:
-                results, seconds = predictor_for(run_id, int8).timed_predict(sentences)
-            except (ValueError, LookupError, OSError) as exc:
-                st.error(f"{run_id}: {exc}")
-                continue
-            st.caption(f"{len(sentences)} sentence(s) in {seconds * 1000:.0f} ms")
-            for i, r in enumerate(results):
-                st.markdown(f"> {r['text'][:200]}")
-                for task, pred in r["tasks"].items():
-                    st.markdown(f"{task}: **{pred['label']}**")
-                    st.plotly_chart(prob_chart(pred["probabilities"]), width="stretch",
-                                    config={"displayModeBar": False}, key=f"{run_id}-{task}-{i}")
+            run_column(run_id, names[run_id], sentences, int8, show_probabilities)
     st.divider()
-    st.subheader("Predict a whole file")
-    upload = st.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"])
-    if upload is not None:
-        from pages.launch import save_upload
-
-        df = read_table(save_upload(upload))
-        column = st.selectbox("Text column", list(df.columns))
-        run_id = st.selectbox("Run", chosen, format_func=names.get)
-        if st.button("Predict the column"):
-            rows = df.head(MAX_CSV_ROWS).copy()
-            texts = rows[column].fillna("").astype(str).str.strip()
-            keep = texts != ""
-            preds = predictor_for(run_id).predict(texts[keep].tolist())
-            for task in preds[0]["tasks"] if preds else []:
-                rows.loc[keep, f"{task}_label"] = [p["tasks"][task]["label"] for p in preds]
-                rows.loc[keep, f"{task}_confidence"] = [max(p["tasks"][task]["probabilities"].values()) for p in preds]
-            skipped = int((~keep).sum())
-            st.dataframe(rows.head(50), width="stretch")
-            if skipped:
-                st.caption(f"{skipped} empty row(s) skipped.")
-            st.download_button("Download predictions", rows.to_csv(index=False).encode(), "predictions.csv", "text/csv")
+    file_ui(chosen, names)
 
 
 page()

@@ -11,8 +11,8 @@ import pytest
 
 from core.config import RunConfig, TaskConfig
 from core.store import RunStore
+from tests.processes import ROOT, kill_everything_for
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = "minilm-l6:1"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +49,14 @@ def store(tmp_path) -> RunStore:
     return RunStore(tmp_path / "runs")
 
 
+@pytest.fixture
+def jstore(tmp_path):
+    """A runs folder for tests that start runners and workers: none of them outlives the test."""
+    store = RunStore(tmp_path / "runs")
+    yield store
+    kill_everything_for(store)
+
+
 def run_cli(*args: str, runs_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real CLI in a real subprocess."""
     env = {**os.environ, "FREEZELAB_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1"}
@@ -58,6 +66,18 @@ def run_cli(*args: str, runs_dir: Path, timeout: float = 300) -> subprocess.Comp
 
 
 TINY_CLI_ARGS = (
-    "--backbone", TINY_BACKBONE, "--max-train-examples", "32", "--max-eval-examples", "20", "--batch-size", "8",
-    "--max-length", "32", "--eval-every-steps", "3", "--device", "cpu",
+    "--backbone",
+    TINY_BACKBONE,
+    "--max-train-examples",
+    "32",
+    "--max-eval-examples",
+    "20",
+    "--batch-size",
+    "8",
+    "--max-length",
+    "32",
+    "--eval-every-steps",
+    "3",
+    "--device",
+    "cpu",
 )

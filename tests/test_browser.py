@@ -7,6 +7,8 @@ page go to screenshots/; with FREEZELAB_UPDATE_SCREENSHOTS=1 they are also copie
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -16,21 +18,41 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
+from core.checkpoint import load_model
+from core.records import Progress, RunState
 from core.store import RunStore
-from tests.conftest import ROOT
-from tests.dashboard_fixtures import free_port, kill_everything_for, wait_for
+from core.uploads import upload_path
+from tests.conftest import ROOT, tiny_config
+from tests.dashboard_fixtures import (
+    free_port,
+    kill_everything_for,
+    live_run,
+    seeded_once,
+    start_stand_in,
+    stop_stand_in,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 VIEWPORT = {"width": 1400, "height": 900}
 RUN_NAME = "browser run"
+LIVE_NAME = "live run"
 SENTENCES = ["Shares tumbled after the central bank raised interest rates.", "A dull, lifeless and badly acted film."]
 TRAIN_TIMEOUT = 420  # seconds for the launched run to complete (a few dozen on an idle 2-core machine)
 
@@ -43,21 +65,41 @@ def _health(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def server(tmp_path):
-    """A real `streamlit run app.py` on a free port, serving a fresh runs folder; everything it started dies after."""
-    short = Path(tempfile.mkdtemp(prefix="freezelab-"))  # a short path: the sidebar shows it in the screenshots
-    store = RunStore(short / "runs")
+@contextlib.contextmanager
+def serve(store: RunStore, log_path: Path):
+    """A real `streamlit run app.py` on a free port, serving ``store``; everything it started dies after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "FREEZELAB_RUNS_DIR": str(store.root), "FREEZELAB_CONCURRENCY": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    log_path = tmp_path / "streamlit.log"
+    env = {
+        **os.environ,
+        "FREEZELAB_RUNS_DIR": str(store.root),
+        "FREEZELAB_CONCURRENCY": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-             "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.time() + 90
@@ -65,7 +107,7 @@ def server(tmp_path):
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"streamlit did not come up on {url} (exit code {proc.poll()}):\n{log_path.read_text()}")
             time.sleep(0.3)
-        yield url, store
+        yield url
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -76,14 +118,27 @@ def server(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
         kill_everything_for(store)  # the runner and its worker live in their own session
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A fresh runs folder under a short path (the sidebar shows it in the screenshots), served for real."""
+    short = Path(tempfile.mkdtemp(prefix="freezelab-"))
+    store = RunStore(short / "runs")
+    try:
+        with serve(store, tmp_path / "streamlit.log") as url:
+            yield url, store
+    finally:
         shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture
 def page():
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`, as .ci/run does); "
-                    "this test never downloads a browser.")
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`, as .ci/run does); "
+            "this test never downloads a browser."
+        )
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=90_000)  # the first page run imports torch and loads a model: slow on a busy CI box
@@ -124,7 +179,7 @@ def main_text(pg) -> str:
     return pg.get_by_role("main").inner_text()
 
 
-def test_launch_train_compare_and_predict_in_a_real_browser(page, server):
+def test_launch_train_compare_and_predict_in_a_real_browser(page, server, tmp_path):
     from playwright.sync_api import expect
 
     url, store = server
@@ -160,7 +215,11 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server):
     queued = pg.get_by_text(re.compile(r"Queued 1 run\(s\): \S+\. Follow them on the Runs page\."))
     expect(queued).to_be_visible()
     run_id = re.search(r"Queued 1 run\(s\): (\S+)\.", queued.inner_text()).group(1)
-    assert store.exists(run_id) and store.read_status(run_id)["state"] in ("queued", "running", "completed")
+    assert store.exists(run_id) and store.read_status(run_id).state in (
+        RunState.QUEUED,
+        RunState.RUNNING,
+        RunState.COMPLETED,
+    )
     cfg = store.read_config(run_id)
     assert (cfg.backbone, cfg.name, cfg.max_length) == ("minilm-l6:2", RUN_NAME, 32)
     assert [t.max_train_examples for t in cfg.tasks] == [40, 40]
@@ -174,11 +233,10 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server):
     done = pg.get_by_role("heading", name=f"✅ {RUN_NAME}")
 
     def completed() -> bool:
-        state = store.read_status(run_id).get("state")
-        if state in ("failed", "stopped"):
-            pytest.fail(f"the launched run ended {state}: {store.read_status(run_id).get('error')}\n"
-                        f"{store.read_log_tail(run_id, 30)}")
-        if state != "completed":
+        status = store.read_status(run_id)
+        if status.state in (RunState.FAILED, RunState.STOPPED):
+            pytest.fail(f"the launched run ended {status.state}: {status.error}\n{store.read_log_tail(run_id, 30)}")
+        if status.state != RunState.COMPLETED:
             return False
         pg.reload()  # the details part reads the run once per page run; the table alone refreshes itself
         try:
@@ -216,10 +274,107 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server):
     expect(pg.get_by_text(re.compile(r"^2 sentence\(s\) in \d+ ms$"))).to_be_visible()
     expect(pg.locator(".js-plotly-plot")).to_have_count(4)  # a probability chart per sentence and task
     expect(pg.get_by_role("heading", name="Predict a whole file")).to_be_visible()
-    labels = {task: set(t["label_names"]) for task, t in store.read_summary(run_id)["tasks"].items()}
+    labels = {task: set(t.label_names) for task, t in store.read_summary(run_id).tasks.items()}
     text = main_text(pg)
     predicted = {task: re.findall(rf"^{task}: (\S+)$", text, flags=re.M) for task in ("topic", "sentiment")}
     assert {task: len(found) for task, found in predicted.items()} == {"topic": 2, "sentiment": 2}, text
     for task, found in predicted.items():
         assert set(found) <= labels[task], (task, found, labels[task])
     screenshot(pg, "playground")
+
+    # -- Playground: a whole file, uploaded through the browser, stays on the Playground ---------------------
+    upload = tmp_path / "reviews.csv"
+    upload.write_text("review,stars\n" + "\n".join(f'"{s}",{i}' for i, s in enumerate(SENTENCES)) + "\n")
+    pg.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files(str(upload))
+    expect(pg.get_by_role("combobox", name="Text column")).to_be_visible()
+    expect(pg.get_by_role("button", name="Predict the column")).to_be_visible()
+    assert upload_path(store.root, upload.name, upload.read_bytes()).is_file(), "kept under the runs folder"
+    # Before core/uploads.py, the Playground imported the Launch page for its upload helper, and importing a
+    # page runs it: the whole Launch form appeared under the Playground.
+    expect(pg.get_by_role("heading", name="Launch runs")).to_have_count(0)
+    expect(pg.get_by_role("button", name=re.compile(r"^Launch \("))).to_have_count(0)
+    expect(pg.get_by_role("heading", name="Playground")).to_have_count(1)
+    pg.get_by_role("button", name="Predict the column").click()
+    expect(pg.get_by_role("button", name="Download predictions")).to_be_visible()
+
+
+@pytest.fixture
+def live_server(tmp_path, tmp_path_factory):
+    """The seeded runs (2 strategies x 2 seeds, trained) plus a run that is training right now, served for real."""
+    short = Path(tempfile.mkdtemp(prefix="freezelab-"))
+    store = RunStore(short / "runs")
+    shutil.copytree(seeded_once(tmp_path_factory)["root"], store.root)
+    worker = start_stand_in()
+    try:
+        live = live_run(store, tiny_config(name=LIVE_NAME), worker, Progress(step=0, total_steps=20))
+        with serve(store, tmp_path / "streamlit.log") as url:
+            yield url, store, live
+    finally:
+        stop_stand_in(worker)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_live_pages_urls_downloads_and_kept_forms_in_a_real_browser(page, live_server, tmp_path):
+    from playwright.sync_api import expect
+    from sentence_transformers import SentenceTransformer
+
+    url, store, live = live_server
+    pg = page
+    expect.set_options(timeout=30_000)
+
+    # -- Runs: a shared link opens the run it names; the detail follows the run without a reload ------------
+    pg.goto(f"{url}/runs?run={live}")
+    expect(pg.get_by_role("heading", name=f"🏃 {LIVE_NAME}")).to_be_visible(timeout=90_000)
+    store.update_status(live, progress=Progress(phase="caching frozen layers", phase_done=3, phase_total=10))
+    expect(pg.get_by_text("caching frozen layers: 3 of 10 sentences")).to_be_visible()
+    store.update_status(live, progress=Progress(step=6, total_steps=20, eta_seconds=14.0))
+    expect(pg.get_by_text(re.compile(r"^step 6 of 20 · about 14\.0 s left"))).to_be_visible()
+    pg.reload()
+    expect(pg.get_by_role("heading", name=f"🏃 {LIVE_NAME}")).to_be_visible(timeout=90_000)
+    assert f"run={live}" in pg.url
+
+    # -- Runs: the picker writes the URL; a completed run's model downloads and loads in sentence-transformers --
+    done = sorted(i for i in store.run_ids() if store.state(i) == RunState.COMPLETED)[0]
+    name = store.read_config(done).name
+    pg.get_by_role("combobox", name="Run details").click()
+    pg.get_by_role("option", name=re.compile(re.escape(done))).click()
+    expect(pg.get_by_role("heading", name=f"✅ {name}")).to_be_visible()
+    wait_for(lambda: f"run={done}" in pg.url, 10, "the URL to name the chosen run")
+    with pg.expect_download(timeout=90_000) as download:
+        pg.get_by_role("button", name="Download model (.zip)").click()
+    archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+    archive.extractall(tmp_path / "download")
+    (folder,) = (tmp_path / "download").iterdir()
+    texts = ["the central bank raised interest rates", "a warm and funny film"]
+    model, tokenizer, meta = load_model(store.checkpoint_dir(done))
+    enc = tokenizer(texts, truncation=True, max_length=meta["max_length"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        want = model.embed(enc["input_ids"], enc["attention_mask"])
+    got = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_tensor=True)
+    assert torch.allclose(got.cpu(), want, atol=1e-4)
+
+    # -- Compare: opens on the decision view, follows the live run, keeps its tab in the URL ---------------
+    pg.get_by_role("link", name="Compare").click()
+    expect(pg.get_by_role("heading", name="Compare runs")).to_be_visible()
+    expect(pg.get_by_role("tab", name="Decision")).to_have_attribute("aria-selected", "true")
+    expect(pg.get_by_text(re.compile("^Wall time: the whole run"))).to_be_visible()
+    expect(pg.get_by_text(re.compile(rf"{LIVE_NAME}: step 6 of 20"))).to_be_visible()
+    store.update_status(live, progress=Progress(step=9, total_steps=20, eta_seconds=11.0))
+    expect(pg.get_by_text(re.compile(rf"{LIVE_NAME}: step 9 of 20"))).to_be_visible()
+    pg.get_by_role("tab", name="Results").click()
+    wait_for(lambda: "tab=Results" in pg.url, 10, "the URL to keep the open tab")
+    pg.reload()
+    expect(pg.get_by_role("tab", name="Results")).to_have_attribute("aria-selected", "true", timeout=90_000)
+
+    # -- Launch: the form survives a visit to another page -----------------------------------------------
+    pg.get_by_role("link", name="Launch").click()
+    run_name = pg.get_by_role("textbox", name="Run name (optional)")
+    pg.get_by_text("Training settings").click()
+    run_name.fill("kept across pages")
+    run_name.press("Enter")
+    pg.wait_for_timeout(1500)
+    pg.get_by_role("link", name="Runs").click()
+    expect(pg.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+    pg.get_by_role("link", name="Launch").click()
+    pg.get_by_text("Training settings").click()
+    expect(pg.get_by_role("textbox", name="Run name (optional)")).to_have_value("kept across pages")

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
+from core import jobs
+from core.cli import BACKENDS, build_parser, config_from_args
+from core.config import ConfigError, Device, TaskConfig, TaskSampling
+from core.records import RunState
+from core.store import RunStore
 from core.strategies import STRATEGIES
-from tests.conftest import TINY_CLI_ARGS, run_cli
+from tests.conftest import ROOT, TINY_CLI_ARGS, run_cli, tiny_config
 
 
 def test_strategies_lists_every_strategy_as_json(tmp_path):
@@ -52,9 +59,10 @@ def test_predict_json_gives_a_label_and_every_probability(trained_run):
     assert [p["text"] for p in preds] == ["shares in the bank fell", "a warm and funny film"]
     for p in preds:
         topic = p["tasks"]["topic"]
-        assert set(topic["probabilities"]) == {"business", "entertainment", "politics", "sport", "tech"} or len(
-            topic["probabilities"]
-        ) == 5
+        assert (
+            set(topic["probabilities"]) == {"business", "entertainment", "politics", "sport", "tech"}
+            or len(topic["probabilities"]) == 5
+        )
         assert topic["label"] in topic["probabilities"]
         assert abs(sum(topic["probabilities"].values()) - 1) < 1e-5
         assert set(p["tasks"]["sentiment"]["probabilities"]) == {"negative", "positive"}
@@ -93,3 +101,111 @@ def test_absurd_learning_rate_is_refused_before_anything_runs(tmp_path):
     result = run_cli("train", "--head-lr", "1e3", *TINY_CLI_ARGS, runs_dir=tmp_path / "runs")
     assert result.returncode == 2 and "head_learning_rate" in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_importing_the_cli_loads_no_heavy_library():
+    code = "import sys, core.cli; print([m for m in ('torch', 'pandas', 'transformers', 'ray') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert BACKENDS == jobs.BACKENDS
+
+
+def _config(*argv: str, store: RunStore | None = None):
+    args = build_parser().parse_args(["train", *argv])
+    return config_from_args(args, store or RunStore("/nonexistent-runs"))
+
+
+def test_options_build_the_config_file_then_options_then_set(tmp_path):
+    config_file = tmp_path / "base.json"
+    config_file.write_text(json.dumps({"name": "from-file", "epochs": 3, "seed": 7}))
+    cfg = _config(
+        "--config",
+        str(config_file),
+        "--strategy",
+        "freeze_lower",
+        "--freeze-layers",
+        "2",
+        "--seed",
+        "1",
+        "--task-b",
+        "reviews.csv",
+        "--task-b-text-column",
+        "review",
+        "--max-train-examples",
+        "50",
+        "--task-a-max-train-examples",
+        "10",
+        "--task-sampling",
+        "round_robin",
+        "--device",
+        "cpu",
+        "--set",
+        "warmup_ratio=0.2",
+        "--set",
+        'lora_targets=["query"]',
+        "--set",
+        "epochs=2",
+    )
+    assert (cfg.name, cfg.strategy, cfg.freeze_layers, cfg.seed) == ("from-file", "freeze_lower", 2, 1)
+    assert (cfg.task_sampling, cfg.device, cfg.warmup_ratio, cfg.lora_targets) == ("round_robin", "cpu", 0.2, ["query"])
+    assert cfg.epochs == 2  # --set comes last
+    assert cfg.tasks == [
+        TaskConfig(name="topic", dataset="bbc_topics", max_train_examples=10),
+        TaskConfig(name="sentiment", dataset="reviews.csv", text_column="review", max_train_examples=50),
+    ]
+    assert _config("--tasks", "b").tasks == [TaskConfig(name="sentiment", dataset="rt_sentiment")]
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        _config("--set", "no_such_key=1")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _config("--set", "warmup_ratio")
+
+
+@pytest.mark.parametrize(("option", "enum"), [("--device", Device), ("--task-sampling", TaskSampling)])
+def test_choices_come_from_the_enums(option, enum, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", option, "no-such-choice"])
+    error = capsys.readouterr().err
+    assert "invalid choice" in error and all(e.value in error for e in enum)
+    for e in enum:
+        build_parser().parse_args(["train", option, e.value])
+
+
+def test_damaged_runs_are_listed_with_their_reason_not_a_traceback(tmp_path):
+    runs = tmp_path / "runs"
+    store = RunStore(runs)
+    broken_status = store.create_run(tiny_config(name="broken-status"), run_id="broken-status")
+    (runs / broken_status / "status.json").write_text("{not json")
+    odd_summary = store.create_run(tiny_config(name="odd-summary"), run_id="odd-summary")
+    (runs / odd_summary / "summary.json").write_text(json.dumps({"steps": "many"}))
+    healthy = store.create_run(tiny_config(name="healthy"), run_id="healthy")
+
+    listed = run_cli("runs", runs_dir=runs)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    assert "damaged" in lines[broken_status] and "status.json is not valid JSON" in lines[broken_status]
+    assert "damaged" in lines[odd_summary] and "summary.json.steps" in lines[odd_summary]
+    assert "damaged" not in lines[healthy]
+    as_json = {r["id"]: r for r in json.loads(run_cli("runs", "--json", runs_dir=runs).stdout)}
+    assert "status.json" in as_json[broken_status]["damaged"] and as_json[healthy]["damaged"] is None
+
+    shown = run_cli("show", broken_status, runs_dir=runs)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert "damaged  status.json is not valid JSON" in shown.stdout
+    shown = run_cli("show", odd_summary, "--json", runs_dir=runs)
+    assert shown.returncode == 0 and "summary.json.steps" in json.loads(shown.stdout)["damaged"]
+
+    queue = run_cli("queue", "--json", runs_dir=runs)
+    assert queue.returncode == 0, queue.stderr
+    data = json.loads(queue.stdout)
+    assert [r["id"] for r in data["runs"]] == [healthy]
+    assert {r["id"] for r in data["damaged"]} == {broken_status, odd_summary}
+    queue = run_cli("queue", runs_dir=runs)
+    assert queue.returncode == 0 and f"{broken_status}" in queue.stdout and "damaged" in queue.stdout
+
+    resumed = run_cli("resume", broken_status, runs_dir=runs)
+    assert resumed.returncode == 2 and "damaged" in resumed.stderr and "Traceback" not in resumed.stderr
+    deleted = run_cli("delete", broken_status, runs_dir=runs)
+    assert deleted.returncode == 0, deleted.stderr
+    assert store.run_ids() == [odd_summary, healthy]
+    assert store.state(healthy) == RunState.QUEUED

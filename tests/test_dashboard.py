@@ -5,16 +5,29 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
-from core.store import RunStore
+from core.records import RunState, RunSummary, TaskSummary
+from core.store import META_FILE, STATUS_FILE, SUMMARY_FILE, RunStore
 from core.train import train_run
 from tests.conftest import tiny_config
-from tests.dashboard_fixtures import APP, FAILED_NAME, SEEDS, kill_everything_for, parse_params, seed_runs
+from tests.dashboard_fixtures import (
+    FAILED_NAME,
+    SEEDS,
+    app,
+    curve_names,
+    finished_run,
+    kill_everything_for,
+    no_problem,
+    one,
+    open_tab,
+    parse_params,
+    seeded_once,
+)
 
 PAGES = ["pages/runs.py", "pages/compare.py", "pages/playground.py"]
 DEFAULT_SENTENCES = ["The central bank raised interest rates again.", "A warm, funny and beautifully acted film."]
@@ -22,7 +35,7 @@ DEFAULT_SENTENCES = ["The central bank raised interest rates again.", "A warm, f
 
 @pytest.fixture(scope="session")
 def seeded(tmp_path_factory) -> dict:
-    return seed_runs(tmp_path_factory.mktemp("seeded") / "runs")
+    return seeded_once(tmp_path_factory)
 
 
 @pytest.fixture
@@ -31,29 +44,6 @@ def seeded_copy(seeded, tmp_path) -> dict:
     root = tmp_path / "runs"
     shutil.copytree(seeded["root"], root, ignore=shutil.ignore_patterns("checkpoint"))
     return {**seeded, "root": root}
-
-
-def app(monkeypatch, runs_dir: Path, page: str | None = None) -> AppTest:
-    monkeypatch.setenv("FREEZELAB_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def one(elements, label: str):
-    """The single widget with this label (fails loudly when the page changed)."""
-    found = [e for e in elements if e.label == label]
-    assert len(found) == 1, f"{len(found)} widgets labelled {label!r}: {[e.label for e in elements]}"
-    return found[0]
-
-
-def no_problem(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not [e.value for e in at.error], [e.value for e in at.error]
 
 
 def params(at: AppTest) -> tuple[float, float]:
@@ -104,7 +94,9 @@ def test_launch_invalid_settings_show_an_error_and_disable_launch(monkeypatch, t
     one(at.number_input, "Head learning rate").set_value(5.0).run()
     assert not at.exception
     errors = [e.value for e in at.error]
-    assert len(errors) == 1 and "head_learning_rate=5.0 is out of range" in errors[0], errors
+    assert errors == [
+        "Head learning rate 5.0 is out of range: use a value between 1e-07 and 1 (typical: 1e-3 to 3e-2)."
+    ], errors
     assert launch_button(at).disabled and launch_button(at).label.startswith("Launch (0 run")
     assert not at.metric, "no parameter counts for an invalid config"
 
@@ -125,7 +117,7 @@ def test_launch_invalid_settings_show_an_error_and_disable_launch(monkeypatch, t
     assert launch_button(at).label == "Launch (3 runs)" and not launch_button(at).disabled
 
     at.text_input(key="name_B").set_value("topic").run()  # two tasks with one name
-    assert any("duplicate names" in e.value for e in at.error), [e.value for e in at.error]
+    assert [e.value for e in at.error] == ["Task B has the same name as Task A ('topic'): give each task its own name."]
     assert launch_button(at).disabled
 
 
@@ -164,12 +156,14 @@ def test_launch_button_queues_a_cheap_run_in_the_background(monkeypatch, launch_
     assert len(ids) == 1 and "ui-launch" in ids[0], ids
     run_id = ids[0]
     assert [s.value for s in at.success] == [f"Queued 1 run(s): {run_id}. Follow them on the Runs page."]
-    assert launch_store.read_status(run_id)["state"] in ("queued", "running")
+    assert launch_store.read_status(run_id).state in (RunState.QUEUED, RunState.RUNNING)
     cfg = launch_store.read_config(run_id)
     assert cfg.backbone == "minilm-l6:2" and cfg.name == "ui launch" and cfg.max_length == 32 and cfg.seed == 0
     assert [(t.name, t.dataset, t.max_train_examples) for t in cfg.tasks] == [
-        ("topic", "bbc_topics", 40), ("sentiment", "rt_sentiment", 40)]
-    assert (launch_store.root / ".runner.lock").exists(), "submit started a runner for this folder"
+        ("topic", "bbc_topics", 40),
+        ("sentiment", "rt_sentiment", 40),
+    ]
+    assert jobs.runner_alive(launch_store), "submit started a runner for this folder"
 
 
 # -- Runs ---------------------------------------------------------------------------------------------
@@ -207,11 +201,13 @@ def test_runs_page_survives_run_folders_deleted_behind_its_back(monkeypatch, see
     assert at.subheader[0].value.endswith(seeded_copy["names"][victim])
 
     shutil.rmtree(root / victim)  # deleted outside the dashboard while it shows the run
-    (root / partial / "status.json").unlink()  # and a run folder caught half-written
+    (RunStore(root).path(partial) / STATUS_FILE).unlink()  # and a run folder caught half-written
     at.run()
     no_problem(at)
-    ids = set(at.dataframe[0].value["id"])
+    df = at.dataframe[0].value
+    ids = set(df["id"])
     assert victim not in ids and partial in ids and len(ids) == 4
+    assert df.set_index("id").loc[partial, "state"] == "⚠️ failed (damaged)", "a half-written run shows as damaged"
     assert one(at.selectbox, "Run details").value != victim
     assert any("4 of 4 runs shown" in c.value for c in at.caption)
 
@@ -231,7 +227,10 @@ def test_runs_page_saves_tags_and_notes(monkeypatch, seeded_copy):
     one(at.text_area, "Notes").input("Seed 0 looks\nbetter.")
     one(at.button, "Save tags and notes").click().run()
     no_problem(at)
-    assert json.loads((root / run_id / "meta.json").read_text()) == {"tags": ["baseline", "tiny"], "notes": "Seed 0 looks\nbetter."}
+    assert RunStore(root).read_meta(run_id).to_dict() == {
+        "tags": ["baseline", "tiny"],
+        "notes": "Seed 0 looks\nbetter.",
+    }
     assert "Saved" in [t.value for t in at.toast]
 
     at.run()  # the next run of the page reads them back
@@ -250,34 +249,32 @@ def results_tab(at: AppTest):
     return one(at.tabs, "Results")
 
 
-def curve_names(chart) -> list[str]:
-    """The legend entries of a plotly chart element."""
-    return [t["name"] for t in json.loads(chart.proto.spec)["data"] if t.get("name") and t.get("showlegend") is not False]
-
-
 def test_compare_page_shows_tabs_results_curves_and_per_class(monkeypatch, seeded):
     at = app(monkeypatch, seeded["root"], "pages/compare.py")
     no_problem(at)
     assert [t.value for t in at.title] == ["Compare runs"]
-    tabs = {t.label: t for t in at.tabs}
-    assert {"Curves", "Results", "Cost vs accuracy", "Config diff", "Per class"} <= set(tabs), list(tabs)
+    assert [t.label for t in at.tabs][:5] == ["Decision", "Curves", "Results", "Config diff", "Per class"]
     assert one(at.selectbox, "Sweep").value == seeded["sweep_id"]
     assert sorted(one(at.multiselect, "Runs (4 match)").value) == sorted(seeded["completed"])
 
-    curves, results, cost, diff, per_class = (tabs[k] for k in ("Curves", "Results", "Cost vs accuracy", "Config diff",
-                                                                "Per class"))
+    decision = one(at.tabs, "Decision")
+    assert set(decision.dataframe[0].value["strategy"]) == {"frozen_backbone", "full_finetune"}
+    assert len(decision.get("plotly_chart")) == 2, "accuracy against wall time and against trainable parameters"
+
+    curves = open_tab(at, "Curves")
     assert one(at.toggle, "Mean over seeds").value, "on by default when the chosen runs repeat a config over seeds"
     assert [sorted(curve_names(c)) for c in curves.get("plotly_chart")] == [
-        ["frozen_backbone (mean of 2)", "full_finetune (mean of 2)"]] * 2, "one chart per task, a line per strategy"
-    table = results.dataframe[0].value
+        ["frozen_backbone (mean of 2)", "full_finetune (mean of 2)"]
+    ] * 4, "one validation and one training-loss chart per task, a line per strategy"
+    table = open_tab(at, "Results").dataframe[0].value
     assert sorted(table["run"]) == sorted(seeded["names"][i] for i in seeded["completed"])
     for col in ("topic test accuracy", "sentiment test accuracy"):
         assert table[col].between(0, 1).all() and table[col].notna().all(), table[col]
     assert set(table["strategy"]) == {"frozen_backbone", "full_finetune"}
-    assert len(cost.get("plotly_chart")) == 2, "accuracy against time and against trainable parameters"
-    assert {"strategy", "seed"} <= set(diff.dataframe[0].value.index)
-    assert len(per_class.get("plotly_chart")) == 4, "confusion matrix and F1 bars for both tasks"
+    assert {"strategy", "seed"} <= set(open_tab(at, "Config diff").dataframe[0].value.index)
+    assert len(open_tab(at, "Per class").get("plotly_chart")) == 4, "confusion matrix and F1 bars for both tasks"
 
+    open_tab(at, "Results")
     picked = seeded["completed"][:2]
     one(at.multiselect, "Runs (4 match)").set_value(picked).run()
     no_problem(at)
@@ -297,8 +294,13 @@ def two_sweeps(seeded, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("two-sweeps") / "runs"
     shutil.copytree(seeded["root"], root, ignore=shutil.ignore_patterns("checkpoint"))
     store = RunStore(root)
-    sweep_id, ids = jobs.sweep(store, tiny_config(head_learning_rate=1e-4, checkpoint_every_steps=1000),
-                               strategies=["frozen_backbone"], seeds=SEEDS, start_runner=False)
+    sweep_id, ids = jobs.sweep(
+        store,
+        tiny_config(head_learning_rate=1e-4, checkpoint_every_steps=1000),
+        strategies=["frozen_backbone"],
+        seeds=SEEDS,
+        start_runner=False,
+    )
     for run_id in ids:
         assert train_run(store, run_id) == "completed"
     assert {store.record(i).config["name"] for i in ids} == {"frozen_backbone-s0", "frozen_backbone-s1"}
@@ -315,15 +317,16 @@ def _all_completed(monkeypatch, runs: dict) -> AppTest:
 
 def test_compare_mean_over_seeds_keeps_different_configs_apart(monkeypatch, two_sweeps):
     at = _all_completed(monkeypatch, two_sweeps)
+    curves = open_tab(at, "Curves")
     assert one(at.toggle, "Mean over seeds").value
-    for chart in one(at.tabs, "Curves").get("plotly_chart"):
+    for chart in curves.get("plotly_chart"):
         names = curve_names(chart)
         assert len(names) == 3 and all(n.endswith("(mean of 2)") for n in names), names
 
 
 def test_compare_config_diff_shows_every_chosen_run(monkeypatch, two_sweeps):
     at = _all_completed(monkeypatch, two_sweeps)
-    diff = one(at.tabs, "Config diff").dataframe[0].value
+    diff = open_tab(at, "Config diff").dataframe[0].value
     assert diff.shape[1] == 6, list(diff.columns)
     assert "head_learning_rate" in diff.index, list(diff.index)
 
@@ -350,26 +353,31 @@ def test_playground_predicts_both_tasks_for_the_default_and_typed_sentences(monk
     assert len(chosen) == 2 and set(chosen) <= set(seeded["completed"])
     assert [f"**{seeded['names'][r]}**" for r in chosen] == [m.value for m in at.markdown if m.value.startswith("**")]
     summary = RunStore(seeded["root"]).read_summary(chosen[0])
-    labels = {task: set(t["label_names"]) for task, t in summary["tasks"].items()}
+    labels = {task: set(t.label_names) for task, t in summary.tasks.items()}
     assert set(labels) == {"topic", "sentiment"}
 
     preds = _predictions(at)
-    assert [(s, t) for s, t, _ in preds] == [(s, t) for _ in chosen for s in DEFAULT_SENTENCES for t in ("topic", "sentiment")]
+    assert [(s, t) for s, t, _ in preds] == [
+        (s, t) for _ in chosen for s in DEFAULT_SENTENCES for t in ("topic", "sentiment")
+    ]
     assert all(label in labels[task] for _, task, label in preds), preds
     assert len(at.get("plotly_chart")) == len(preds), "one probability chart per prediction"
 
     one(at.text_area, "Sentences, one a line").set_value("Shares fell sharply on Wall Street.\n\n").run()
     no_problem(at)
     preds = _predictions(at)
-    assert [(s, t) for s, t, _ in preds] == [("Shares fell sharply on Wall Street.", t) for _ in chosen
-                                             for t in ("topic", "sentiment")]
+    assert [(s, t) for s, t, _ in preds] == [
+        ("Shares fell sharply on Wall Street.", t) for _ in chosen for t in ("topic", "sentiment")
+    ]
 
     one(at.multiselect, "Runs").set_value([seeded["completed"][3]]).run()
     no_problem(at)
     assert len(_predictions(at)) == 2
 
     one(at.text_area, "Sentences, one a line").set_value("  \n ").run()
-    assert not at.exception and [w.value for w in at.warning] == ["Type at least one sentence (empty lines are skipped)."]
+    assert not at.exception and [w.value for w in at.warning] == [
+        "Type at least one sentence (empty lines are skipped)."
+    ]
 
 
 def test_playground_accepts_the_same_sentence_twice(monkeypatch, seeded):
@@ -377,6 +385,72 @@ def test_playground_accepts_the_same_sentence_twice(monkeypatch, seeded):
     one(at.text_area, "Sentences, one a line").set_value("Same sentence.\nSame sentence.").run()
     no_problem(at)
     assert len(_predictions(at)) == 2 * 2 * 2
+
+
+# -- Damaged run folders ------------------------------------------------------------------------------
+@pytest.fixture
+def damaged(seeded, tmp_path) -> dict:
+    """The seeded runs (checkpoints included) plus a run built through the store, with three folders damaged:
+    an unreadable status, a summary of the wrong shape (its checkpoint is sound), meta.json that is not an object."""
+    root = tmp_path / "runs"
+    shutil.copytree(seeded["root"], root)
+    store = RunStore(root)
+    built = finished_run(
+        store,
+        tiny_config(name="built-by-store"),
+        RunSummary(strategy="frozen_backbone", train_seconds=1.5, tasks={"topic": TaskSummary(test_accuracy=0.625)}),
+    )
+    bad_status, bad_summary, bad_meta = seeded["completed"][:3]
+    (store.path(bad_status) / STATUS_FILE).write_text("{not json")
+    (store.path(bad_summary) / SUMMARY_FILE).write_text(json.dumps({"tasks": ["not", "an", "object"]}))
+    store.update_meta(bad_meta, tags=["keep"])
+    (store.path(bad_meta) / META_FILE).write_text("[1, 2]")
+    records = {r.id: r for r in store.list_runs()}
+    assert {i for i, r in records.items() if r.damaged} == {bad_status, bad_summary, bad_meta}
+    assert records[built].state == RunState.COMPLETED and records[built].summary.test_accuracy("topic") == 0.625
+    return {**seeded, "root": root, "built": built, "bad": [bad_status, bad_summary, bad_meta]}
+
+
+def test_damaged_run_folders_show_as_damaged_on_every_page(monkeypatch, damaged):
+    bad_status, bad_summary, bad_meta = damaged["bad"]
+    at = app(monkeypatch, damaged["root"], "pages/runs.py")
+    no_problem(at)
+    df = at.dataframe[0].value.set_index("id")
+    assert len(df) == 6
+    assert df.loc[bad_status, "state"] == "⚠️ failed (damaged)"
+    assert df.loc[bad_summary, "state"] == df.loc[bad_meta, "state"] == "⚠️ completed (damaged)"
+    assert df.loc[damaged["built"], "state"] == "✅ completed"
+    assert df.loc[damaged["built"], "topic test acc"] == 0.625, "a summary written through the store is shown"
+    assert df.loc[bad_meta, "topic test acc"] == pytest.approx(
+        RunStore(damaged["root"]).read_summary(bad_meta).test_accuracy("topic")
+    ), "what could be read still shows"
+
+    one(at.selectbox, "Run details").set_value(bad_status).run()
+    assert not at.exception
+    assert at.subheader[0].value == f"⚠️ {damaged['names'][bad_status]}"
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 1 and "damaged" in warnings[0] and "status.json is not valid JSON" in warnings[0], warnings
+    assert any("damaged run folder" in e.value for e in at.error), "the store's reason is the run's error"
+
+    at = app(monkeypatch, damaged["root"], "pages/compare.py")
+    one(at.selectbox, "Sweep").set_value("(all runs)").run()
+    one(at.multiselect, "States").set_value(["completed", "failed"]).run()
+    no_problem(at)
+    table = open_tab(at, "Results").dataframe[0].value.set_index("run")
+    names = damaged["names"]
+    assert len(table) == 6
+    assert "summary.json tasks is list" in table.loc[names[bad_summary], "damaged"]
+    assert "meta.json" in table.loc[names[bad_meta], "damaged"]
+    assert pd.notna(table.loc[names[bad_meta], "topic test accuracy"]), "what could be read still shows"
+    assert table["damaged"].isna().sum() == 3, "sound runs carry no damage"
+
+    at = app(monkeypatch, damaged["root"], "pages/playground.py")
+    no_problem(at)
+    runs = one(at.multiselect, "Runs")
+    assert bad_status not in runs.options and damaged["names"][bad_status] not in runs.options
+    runs.set_value([bad_summary]).run()
+    no_problem(at)
+    assert len(_predictions(at)) == 2 * 2, "a sound checkpoint still predicts when the summary is damaged"
 
 
 # -- Empty state --------------------------------------------------------------------------------------

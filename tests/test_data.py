@@ -69,8 +69,12 @@ def test_bbc_has_five_named_topics_and_about_forty_thousand_sentences(bbc):
     for split in splits(bbc).values():
         assert set(split.labels) == set(range(5))
         assert all(len(t.split()) >= 4 and t == t.strip() for t in split.texts)
-    everything = dict(zip(bbc.train.texts + bbc.test.texts + bbc.validation.texts,
-                          bbc.train.labels + bbc.test.labels + bbc.validation.labels))
+    everything = dict(
+        zip(
+            bbc.train.texts + bbc.test.texts + bbc.validation.texts,
+            bbc.train.labels + bbc.test.labels + bbc.validation.labels,
+        )
+    )
     assert everything["Ad sales boost Time Warner profit"] == BBC_NAMES.index("business")  # business/001 headline
 
 
@@ -142,8 +146,12 @@ def test_max_examples_cap_splits_keep_every_class_and_leave_test_alone(bbc):
 
 def test_subsample_keeps_a_rare_class(tmp_path):
     """4% 'rare' rows: a plain stratified pick of 10 training examples rounds 'rare' down to zero."""
-    path = write_rows(tmp_path / "rare.csv", 300, text=lambda i: f"sentence {i} about things",
-                      label=lambda i: "rare" if i % 25 == 0 else "common")
+    path = write_rows(
+        tmp_path / "rare.csv",
+        300,
+        text=lambda i: f"sentence {i} about things",
+        label=lambda i: "rare" if i % 25 == 0 else "common",
+    )
     data = load_task_data("t", str(path), max_train_examples=10, max_eval_examples=3)
     assert len(data.train) == 10 and set(data.train.labels) == {0, 1}
     assert set(data.validation.labels) == set(data.test.labels) == {0, 1}
@@ -157,8 +165,11 @@ def test_user_file_with_custom_columns(tmp_path, suffix):
     data = load_task_data("s", str(path), text_column="sentence", label_column="mood")
     assert data.label_names == ["neg", "pos"]
     assert [len(s) for s in splits(data).values()] == [48, 6, 6]
-    assert all(t == t.strip() and ("great" in t) == (data.label_names[y] == "pos")
-               for s in splits(data).values() for t, y in zip(s.texts, s.labels))
+    assert all(
+        t == t.strip() and ("great" in t) == (data.label_names[y] == "pos")
+        for s in splits(data).values()
+        for t, y in zip(s.texts, s.labels)
+    )
 
 
 def test_integer_labels_sort_numerically_and_bad_rows_are_dropped(tmp_path):
@@ -173,8 +184,13 @@ def test_integer_labels_sort_numerically_and_bad_rows_are_dropped(tmp_path):
 
 
 def test_one_file_two_label_columns_feed_two_tasks(tmp_path):
-    path = write_rows(tmp_path / "multi.csv", 50, text=review, topic=lambda i: ["film", "music"][i % 3 == 0],
-                      sentiment=lambda i: i % 2)
+    path = write_rows(
+        tmp_path / "multi.csv",
+        50,
+        text=review,
+        topic=lambda i: ["film", "music"][i % 3 == 0],
+        sentiment=lambda i: i % 2,
+    )
     topic = load_task_data("topic", str(path), label_column="topic")
     sentiment = load_task_data("sentiment", str(path), label_column="sentiment")
     assert topic.label_names == ["film", "music"] and sentiment.label_names == ["0", "1"]
@@ -229,8 +245,10 @@ def test_preview_file_is_json_ready(tmp_path):
     path.write_text("text,label,score\nhello there friend,a,1.5\nsecond row of text,b,\nthird,a,2\n", encoding="utf-8")
     preview = preview_file(path, n=2)
     assert preview["columns"] == ["text", "label", "score"] and preview["n_rows"] == 3
-    assert preview["rows"] == [{"text": "hello there friend", "label": "a", "score": 1.5},
-                               {"text": "second row of text", "label": "b", "score": None}]
+    assert preview["rows"] == [
+        {"text": "hello there friend", "label": "a", "score": 1.5},
+        {"text": "second row of text", "label": "b", "score": None},
+    ]
     json.dumps(preview)
 
 
@@ -285,8 +303,12 @@ def test_single_class_and_too_few_examples(tmp_path):
     raises(few, "few.csv", "only 6", "at least 10")
     blank = write_rows(tmp_path / "blank.csv", 20, text=lambda i: " ", label=lambda i: i % 2)
     raises(blank, "blank.csv", "'text'", "text_column")
-    raises(write_rows(tmp_path / "ok.csv", 30, text=review, label=lambda i: i % 2), "validation_fraction",
-           validation_fraction=0.6, test_fraction=0.5)
+    raises(
+        write_rows(tmp_path / "ok.csv", 30, text=review, label=lambda i: i % 2),
+        "validation_fraction",
+        validation_fraction=0.6,
+        test_fraction=0.5,
+    )
 
 
 def test_tiny_class_falls_back_to_unstratified_split(tmp_path):

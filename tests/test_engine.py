@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -10,9 +11,13 @@ import torch
 
 from core import checkpoint as ckpt
 from core.config import ConfigError
+from core.errors import TransitionError
 from core.predict import Predictor
+from core.records import RunState
+from core.runtime import StopRequested
+from core.store import METRICS_FILE
 from core.strategies import STRATEGIES
-from core.train import Trainer, train_run
+from core.train import Trainer, learning_rate, train_run
 from tests.conftest import tiny_config
 
 # Which groups each strategy must train (True) or keep bit-identical (False); task A is topic.
@@ -37,8 +42,10 @@ OVERRIDES = {
 
 
 def _trainer(store, cfg) -> Trainer:
+    """A run set up and ready to train, as its worker holds it (running, after train_run's start)."""
     run_id = store.create_run(cfg)
-    return Trainer(store, run_id, logging.getLogger("test"), resume=False, show_progress=False)
+    store.transition(run_id, RunState.RUNNING)
+    return Trainer(store, run_id, logging.getLogger("test"))
 
 
 def _group(name: str) -> str:
@@ -55,9 +62,8 @@ def test_every_strategy_is_covered():
 def test_strategy_freezes_exactly_what_it_says(store, strategy):
     # freeze_lower with k=1 on a one-layer backbone freezes the whole backbone; k=1 of 2 layers is the real case.
     trainer = _trainer(store, tiny_config(strategy=strategy, **OVERRIDES.get(strategy, {})))
-    trainer.setup()
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    assert trainer.run() == "completed"
+    assert trainer.run() == RunState.COMPLETED
 
     expected = dict(EXPECTED[strategy])
     if strategy == "freeze_lower":
@@ -74,24 +80,23 @@ def test_strategy_freezes_exactly_what_it_says(store, strategy):
             assert changed[group], f"{strategy}: no parameter of trainable group {group} changed"
 
     summary = store.read_summary(trainer.run_id)
-    report = {g["group"]: g for g in summary["layers"]}
+    report = {g["group"]: g for g in summary.layers}
     for group, trains in expected.items():
         assert (report[group]["trainable"] > 0) == trains, (strategy, group)
-    assert summary["trainable_params"] == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    assert summary["total_params"] == sum(p.numel() for p in trainer.model.parameters())
-    assert store.read_status(trainer.run_id)["state"] == "completed"
+    assert summary.trainable_params == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert summary.total_params == sum(p.numel() for p in trainer.model.parameters())
+    assert store.read_status(trainer.run_id).state == RunState.COMPLETED
     for task in ("topic", "sentiment"):
-        t = summary["tasks"][task]
-        assert 0.0 <= t["test_accuracy"] <= 1.0 and 0.0 <= t["test_macro_f1"] <= 1.0
-        assert len(t["confusion_matrix"]) == len(t["label_names"])
-        assert sum(map(sum, t["confusion_matrix"])) == t["n_test"]
-        assert set(t["per_class"]) == set(t["label_names"])
+        t = summary.tasks[task]
+        assert 0.0 <= t.test_accuracy <= 1.0 and 0.0 <= t.test_macro_f1 <= 1.0
+        assert len(t.confusion_matrix) == len(t.label_names)
+        assert sum(map(sum, t.confusion_matrix)) == t.n_test
+        assert set(t.per_class) == set(t.label_names)
 
 
 @pytest.mark.parametrize("strategy", ["bitfit", "lora"])
 def test_partial_strategies_train_only_their_parameters(store, strategy):
     trainer = _trainer(store, tiny_config(strategy=strategy, backbone="minilm-l6:2"))
-    trainer.setup()
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.run()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())}
@@ -103,14 +108,17 @@ def test_partial_strategies_train_only_their_parameters(store, strategy):
         assert backbone_changed and all(".lora_" in n for n in backbone_changed)
         assert any("lora_B" in n for n in backbone_changed)
     summary = store.read_summary(trainer.run_id)
-    assert 0 < summary["trainable_percent"] < 1.0  # both train well under 1% of the parameters
+    assert 0 < summary.trainable_percent < 1.0  # both train well under 1% of the parameters
 
 
 def test_gradual_unfreeze_changes_a_layer_only_after_its_unfreeze_step(store):
     def layer_changes(max_steps: int) -> tuple[dict[str, bool], str]:
-        trainer = _trainer(store, tiny_config(strategy="gradual_unfreeze", backbone="minilm-l6:2",
-                                              unfreeze_every_steps=3, max_steps=max_steps))
-        trainer.setup()
+        trainer = _trainer(
+            store,
+            tiny_config(
+                strategy="gradual_unfreeze", backbone="minilm-l6:2", unfreeze_every_steps=3, max_steps=max_steps
+            ),
+        )
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         trainer.run()
         out: dict[str, bool] = {}
@@ -128,10 +136,11 @@ def test_gradual_unfreeze_changes_a_layer_only_after_its_unfreeze_step(store):
 
 
 def test_layer_lr_decay_gives_each_layer_the_rate_above_times_decay(store):
-    trainer = _trainer(store, tiny_config(strategy="full_finetune", backbone="minilm-l6:2", layer_lr_decay=0.5,
-                                          backbone_learning_rate=1e-4))
-    trainer.setup()
-    rate = trainer._learning_rate
+    trainer = _trainer(
+        store,
+        tiny_config(strategy="full_finetune", backbone="minilm-l6:2", layer_lr_decay=0.5, backbone_learning_rate=1e-4),
+    )
+    rate = functools.partial(learning_rate, trainer.model, trainer.cfg)
     assert rate("backbone.encoder.layer.1.output.dense.weight") == pytest.approx(1e-4)
     assert rate("backbone.encoder.layer.0.output.dense.weight") == pytest.approx(5e-5)
     assert rate("backbone.embeddings.word_embeddings.weight") == pytest.approx(2.5e-5)
@@ -142,11 +151,11 @@ def test_layer_lr_decay_gives_each_layer_the_rate_above_times_decay(store):
 def test_metrics_file_parses_and_curves_are_ordered(store):
     trainer = _trainer(store, tiny_config(strategy="full_finetune"))
     trainer.run()
-    lines = (store.path(trainer.run_id) / "metrics.jsonl").read_text().splitlines()
+    lines = (store.path(trainer.run_id) / METRICS_FILE).read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is complete JSON
     evals = [r for r in records if r["kind"] == "eval"]
     steps = sorted({r["step"] for r in evals})
-    assert steps[0] == 0 and steps[-1] == trainer.total_steps
+    assert steps[0] == 0 and steps[-1] == trainer.plan.total_steps
     assert {r["task"] for r in evals} == {"topic", "sentiment"}
     assert all({"loss", "accuracy", "macro_f1", "epoch", "wall_seconds"} <= set(r) for r in evals)
     train = [r for r in records if r["kind"] == "train"]
@@ -158,7 +167,7 @@ def test_metrics_file_parses_and_curves_are_ordered(store):
 def test_partial_last_metrics_line_is_skipped(store):
     run_id = store.create_run(tiny_config())
     store.append_metrics(run_id, {"kind": "eval", "step": 0})
-    with open(store.path(run_id) / "metrics.jsonl", "a") as fh:
+    with open(store.path(run_id) / METRICS_FILE, "a") as fh:
         fh.write('{"kind": "eval", "st')  # a writer caught mid-line
     assert store.read_metrics(run_id) == [{"kind": "eval", "step": 0}]
 
@@ -179,7 +188,7 @@ def test_reloaded_checkpoint_predicts_exactly_like_the_trained_model(store, stra
     size = ckpt.checkpoint_size_bytes(store.checkpoint_dir(trainer.run_id))
     if strategy in ("frozen_backbone", "bitfit", "lora"):
         assert size < 2_000_000
-    assert not (store.checkpoint_dir(trainer.run_id) / "train_state.json").exists()
+    assert store.has_checkpoint(trainer.run_id) and not store.has_train_state(trainer.run_id)
 
 
 def test_scratch_backbone_saves_full_weights_and_reloads(store):
@@ -187,7 +196,9 @@ def test_scratch_backbone_saves_full_weights_and_reloads(store):
     trainer.run()
     assert ckpt.read_checkpoint_meta(store.checkpoint_dir(trainer.run_id))["weights"] == "full"
     texts = ["markets fell sharply"]
-    in_memory = Predictor(trainer.model, trainer.tokenizer, {"max_length": 32}, torch.device("cpu")).probabilities(texts)
+    in_memory = Predictor(trainer.model, trainer.tokenizer, {"max_length": 32}, torch.device("cpu")).probabilities(
+        texts
+    )
     reloaded = Predictor.from_run(store, trainer.run_id, device="cpu").probabilities(texts)
     assert all(torch.equal(in_memory[t], reloaded[t]) for t in in_memory)
 
@@ -196,24 +207,98 @@ def test_init_from_keeps_the_source_head_and_freeze_head_a_leaves_it_untouched(s
     first = _trainer(store, tiny_config(strategy="full_finetune"))
     first.run()
     second = _trainer(store, tiny_config(strategy="freeze_head_a", init_from=first.run_id))
-    second.setup()
     src = first.model.heads["topic"].classifier.weight.detach()
     assert torch.equal(second.model.heads["topic"].classifier.weight.detach(), src)
     second.run()
     assert torch.equal(second.model.heads["topic"].classifier.weight.detach(), src)
     summary = store.read_summary(second.run_id)
-    topic = summary["tasks"]["topic"]
-    assert topic["head_frozen"] and not topic["trained"]
-    assert topic["val_accuracy_change"] is not None  # the drift of the frozen task is recorded
+    topic = summary.tasks["topic"]
+    assert topic.head_frozen and not topic.trained
+    assert topic.val_accuracy_change is not None  # the drift of the frozen task is recorded
 
 
 def test_stop_flag_stops_and_keeps_a_checkpoint(store):
     run_id = store.create_run(tiny_config(strategy="full_finetune"))
     store.request_stop(run_id)
-    assert train_run(store, run_id) == "stopped"
-    assert store.read_status(run_id)["state"] == "stopped"
-    assert (store.checkpoint_dir(run_id) / "model.safetensors").is_file()
-    assert (store.checkpoint_dir(run_id) / "train_state.json").is_file()
+    assert train_run(store, run_id) == RunState.STOPPED
+    assert store.read_status(run_id).state == RunState.STOPPED
+    assert (store.checkpoint_dir(run_id) / ckpt.WEIGHTS_FILE).is_file() and store.has_checkpoint(run_id)
+    assert store.has_train_state(run_id)
+    assert not store.stop_requested(run_id)
+    summary = store.read_summary(run_id)
+    assert summary.state == "stopped" and summary.steps == 0
+    assert summary.tasks["topic"].test_accuracy is None and "test_accuracy" not in summary.to_dict()["tasks"]["topic"]
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_as_if_never_stopped(store, monkeypatch):
+    cfg = tiny_config(strategy="full_finetune")  # 8 steps: evaluate every 3, log every 2, checkpoint every 4
+    straight = _trainer(store, cfg)
+    straight.run()
+    interrupted = _trainer(store, cfg)
+    monkeypatch.setattr(store, "stop_requested", lambda run_id: interrupted.step >= 4)
+    assert interrupted.run() == RunState.STOPPED
+    monkeypatch.undo()
+    run_id = interrupted.run_id
+    # A record logged after the checkpoint (by a process that then died) is dropped on resume.
+    store.append_metrics(run_id, {"kind": "train", "step": 5, "epoch": 0.625, "task": "topic", "loss": 9.9, "lr": 0})
+    assert train_run(store, run_id, resume=True) == RunState.COMPLETED
+
+    def records(rid: str, kind: str, *keys: str) -> list[tuple]:
+        return [tuple(r[k] for k in keys) for r in store.read_metrics(rid) if r["kind"] == kind]
+
+    a, b = straight.run_id, run_id
+    assert records(b, "train", "step", "task", "loss", "lr") == records(a, "train", "step", "task", "loss", "lr")
+    assert records(b, "throughput", "step") == records(a, "throughput", "step") == [(2,), (4,), (6,), (8,)]
+    evals = records(b, "eval", "step", "task", "accuracy", "loss")
+    assert [e for e in evals if e[0] != 4] == records(a, "eval", "step", "task", "accuracy", "loss")
+    assert {e[0] for e in evals} == {0, 3, 4, 6, 8}  # the stop evaluated where it stopped
+    sa, sb = store.read_summary(a), store.read_summary(b)
+    assert (sb.steps, sb.examples_seen, sb.tokens_seen) == (sa.steps, sa.examples_seen, sa.tokens_seen)
+    assert (sa.steps, sa.examples_seen) == (8, 64)  # the counts went on from the checkpoint's
+    assert all(sb.tasks[t].test_loss == sa.tasks[t].test_loss for t in ("topic", "sentiment"))
+    wa, wb = ckpt.load_weights(store.checkpoint_dir(a)), ckpt.load_weights(store.checkpoint_dir(b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    status = store.read_status(b)
+    assert status.state == RunState.COMPLETED and status.progress.step == 8 and not store.has_train_state(b)
+
+
+def test_a_completed_run_is_not_trained_again(store):
+    trainer = _trainer(store, tiny_config(strategy="frozen_all"))  # nothing trains: zero steps
+    assert trainer.run() == RunState.COMPLETED
+    with pytest.raises(TransitionError, match="completed"):
+        train_run(store, trainer.run_id)
+    assert store.read_status(trainer.run_id).state == RunState.COMPLETED
+
+
+@pytest.mark.parametrize("error", [StopRequested("stopped by SIGTERM"), RuntimeError("boom")], ids=["sigterm", "bug"])
+def test_a_signal_or_a_bug_mid_run_is_recorded_by_train_run(store, monkeypatch, error):
+    run_id = store.create_run(tiny_config(strategy="frozen_backbone"))  # 8 steps, a checkpoint every 4
+    train_step = Trainer._train_step
+
+    def step_then_fail(self, task, idx):
+        if self.step == 5:
+            raise error
+        return train_step(self, task, idx)
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_fail)
+    status_before = store.read_status(run_id)
+    if isinstance(error, StopRequested):
+        assert train_run(store, run_id) == RunState.STOPPED
+        status = store.read_status(run_id)
+        assert status.state == RunState.STOPPED and status.note == "stopped by SIGTERM"
+        assert store.has_train_state(run_id)
+        assert ckpt.read_checkpoint_meta(store.checkpoint_dir(run_id))["step"] == 4  # the last periodic one
+        assert "stopped: stopped by SIGTERM" in store.read_log_tail(run_id)
+    else:
+        with pytest.raises(RuntimeError, match="boom"):
+            train_run(store, run_id)
+        status = store.read_status(run_id)
+        assert status.state == RunState.FAILED
+        assert status.error == (
+            "Unexpected error (RuntimeError: boom). This is a bug in FreezeLab; please report it. (details in train.log)"
+        )
+        assert "run failed" in store.read_log_tail(run_id, 200)
+    assert status.finished_at >= status.started_at > status_before.created_at
 
 
 def test_freeze_layers_beyond_depth_fails_the_run_with_a_clear_message(store):
@@ -221,8 +306,9 @@ def test_freeze_layers_beyond_depth_fails_the_run_with_a_clear_message(store):
     with pytest.raises(ConfigError):
         train_run(store, run_id)
     status = store.read_status(run_id)
-    assert status["state"] == "failed"
-    assert "freeze_layers=5" in status["error"] and "only 1 layers" in status["error"]
+    assert status.state == RunState.FAILED
+    assert "freeze_layers=5" in status.error and "only 1 layers" in status.error
+    assert not status.error.startswith("Unexpected error")  # a user error is shown as it is
 
 
 @pytest.mark.parametrize(
@@ -252,21 +338,18 @@ def test_embedding_cache_changes_speed_not_results(store):
     plain.run()
     assert not plain.features.active
     first = _trainer(store, tiny_config(strategy="frozen_backbone"))
-    first.setup()
     assert first.features.heads_only and (first.features.hits, first.features.misses) == (0, 6)  # 2 tasks x 3 splits
     first.run()
     for name, param in plain.model.heads.named_parameters():
         assert torch.allclose(param, dict(first.model.heads.named_parameters())[name], atol=1e-5), name
     a, b = store.read_summary(plain.run_id), store.read_summary(first.run_id)
     for task in ("topic", "sentiment"):
-        assert a["tasks"][task]["test_accuracy"] == b["tasks"][task]["test_accuracy"]
-        assert a["tasks"][task]["confusion_matrix"] == b["tasks"][task]["confusion_matrix"]
+        assert a.tasks[task].test_accuracy == b.tasks[task].test_accuracy
+        assert a.tasks[task].confusion_matrix == b.tasks[task].confusion_matrix
     # Another seed on the same backbone and data reuses every split; another max length does not.
     again = _trainer(store, tiny_config(strategy="frozen_backbone", seed=1))
-    again.setup()
     assert (again.features.hits, again.features.misses) == (6, 0)
     other = _trainer(store, tiny_config(strategy="frozen_backbone", max_length=16))
-    other.setup()
     assert other.features.misses == 6
     # The cached run's checkpoint predicts like the uncached one's.
     texts = ["stocks rallied after the earnings report", "a tedious mess"]
@@ -281,7 +364,6 @@ def test_hidden_state_cache_for_freeze_lower_changes_speed_not_results(store):
     plain.run()
     assert plain.features.lower_k == 0
     cached = _trainer(store, tiny_config(**cfg))
-    cached.setup()
     assert cached.features.lower_k == 1 and cached.features.misses == 6
     cached.run()
     for name, param in plain.model.named_parameters():
@@ -289,9 +371,8 @@ def test_hidden_state_cache_for_freeze_lower_changes_speed_not_results(store):
         assert torch.allclose(param, other, atol=1e-4), name
     a, b = store.read_summary(plain.run_id), store.read_summary(cached.run_id)
     for task in ("topic", "sentiment"):
-        assert a["tasks"][task]["confusion_matrix"] == b["tasks"][task]["confusion_matrix"]
+        assert a.tasks[task].confusion_matrix == b.tasks[task].confusion_matrix
     again = _trainer(store, tiny_config(seed=3, **cfg))
-    again.setup()
     assert (again.features.hits, again.features.misses) == (6, 0)
 
 
@@ -302,7 +383,7 @@ def test_int8_prediction_is_gated_by_measured_agreement(store):
     trainer.run()
     report = int8_agreement(store, trainer.run_id)
     assert report["n"] == 40 and 0.0 <= report["agreement"] <= 1.0  # 20 test sentences per task
-    assert (store.path(trainer.run_id) / "int8.json").is_file()
+    assert store.int8_path(trainer.run_id).is_file()
     if report["agreement"] >= INT8_MIN_AGREEMENT:
         fast = Predictor.from_run(store, trainer.run_id, int8=True)
         assert set(fast.predict(["markets fell"])[0]["tasks"]) == {"topic", "sentiment"}
@@ -316,7 +397,6 @@ def test_every_strategy_starts_from_the_same_heads(store):
     heads = {}
     for strategy in ("frozen_backbone", "lora", "full_finetune"):
         trainer = _trainer(store, tiny_config(strategy=strategy))
-        trainer.setup()
         heads[strategy] = trainer.model.heads["topic"].classifier.weight.detach().clone()
     assert torch.equal(heads["frozen_backbone"], heads["lora"])
     assert torch.equal(heads["frozen_backbone"], heads["full_finetune"])

@@ -1,0 +1,1197 @@
+"""Findings: a study's runs turned into intervals, verdicts and plain answers. Pure reads: no training, no UI.
+
+``collect`` reads every completed run of a study into one long table; ``analyse`` answers each design's question
+from it; ``seeds_to_settle`` says how many seeds the unsettled answers need. core/report.py writes them down.
+
+The rules, in one place:
+
+* **Cells** are compared within their group against the group's reference cell, paired by seed (``core.stats``).
+  A cell's mean gets a 95% Student-t interval over its seeds.
+* **Differences** (cell - reference) for accuracy, macro-F1, train-validation gap and drift, in points; the
+  threshold that matters is ``study.threshold`` (0.01 = 1 point). A smaller gap is better; a higher drift
+  (test accuracy after minus before) is better.
+* **Ratios** for costs, oriented so that above 1 is the good direction and the sentence reads naturally:
+  times and steps are reference / cell ("trains 3.9x [3.6, 4.2] faster"; below 1 the sentence says "slower"
+  with the inverted interval), parameters are reference / cell ("has 2.0x fewer parameters"), throughput is
+  cell / reference ("processes 1.5x more tokens per second"). Their threshold is relative: ``ratio_threshold``
+  (default 0.05: the band [1/1.05, 1.05]). ``share_kept`` is cell / reference test accuracy ("keeps 93.0%
+  [90.1%, 95.9%] of full_finetune's topic test accuracy"), with ``study.threshold`` as its relative band.
+* **Holm** runs over all the study's comparisons (every design, metric and cell; ``share_kept`` is not a test of
+  its own: it restates the accuracy comparison of the same cell and takes that comparison's adjusted p). A
+  "better" or "worse" verdict needs the interval beyond the threshold (``core.stats.verdict``) *and* a
+  Holm-adjusted p <= ``alpha`` (0.05); an interval that clears the band with an adjusted p above alpha is
+  downgraded to "unsettled" and its sentence says so. "Equivalent" is not downgraded (it rests on the interval
+  lying inside the band, which a p-value against zero does not test).
+* **One seed**: accuracy comparisons (and drift, when both runs start from the same source run) use a paired
+  bootstrap over the test examples with McNemar's test (``core.stats.bootstrap_accuracy_difference``), and the
+  sentence says so; it covers test-set sampling, not seed-to-seed noise. Other one-seed comparisons have no
+  interval and stay unsettled.
+* **time_to_val / steps_to_val**: the wall seconds / step of a run's first validation evaluation whose accuracy
+  reaches LEVEL = 0.95 x the mean final validation accuracy (the last evaluation, ``summary.val_accuracy``) of
+  the reference cell of the run's group, for that task. A run that never reaches LEVEL has no value (listed in
+  ``never_reached`` and in the answer).
+* **drift:a**: the run's task-A test accuracy minus that of the run named by its config's ``init_from``.
+* **Recommendation** per task (and group): among the cells whose test accuracy is not "worse" than the most
+  accurate cell's, the one with the least mean train_seconds, then the fewest trainable parameters. "Worse" here
+  is the plain interval verdict, without Holm: Holm protects claims that two cells differ, and would make the
+  recommendation *more* willing to pick a cell whose interval already lies wholly below the best by more than
+  the threshold.
+* Runs that are missing, damaged or not completed are left out and counted per design.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core import stats
+from core.records import RunState
+from core.store import RunRecord, RunStore
+from core.studies import Cell, Design, Study
+
+LEVEL_FRACTION = 0.95  # time_to_val: the level is this share of the reference cell's final validation accuracy
+ALPHA = 0.05  # family-wise error rate for Holm
+RATIO_THRESHOLD = 0.05  # relative band for cost ratios (times, steps, throughput, parameters)
+MIN_SEEDS = 3  # what a one-seed comparison needs before any interval over seeds exists
+LEE_SHARE = 0.90  # Lee et al. (2019): about 90% of full fine-tuning quality with only the top quarter training
+NO_RECOMMENDATION = {"head_drift": "its cells are one run and its continuations, not alternatives"}
+
+COLUMNS = ["design", "cell", "group", "series", "x", "seed", "run_id", "state", "metric", "value"]
+SUMMARY_COSTS = ("train_seconds", "wall_seconds", "tokens_per_second", "total_params", "trainable_params")
+
+
+# -- metrics ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricSpec:
+    """How one kind of metric is compared and put into words."""
+
+    base: str
+    scale: str  # "difference" | "ratio"
+    unit: str  # points | seconds | steps | tokens/s | parameters | share
+    label: str  # "{task}" is replaced by the task's name
+    template: str  # difference: "{verb} {size} of {label}"; ratio: "trains {x} {word}"
+    words: tuple[str, str]  # difference: (estimate >= 0, < 0) verbs; ratio: (ratio >= 1, < 1) words
+    higher_is_better: bool = True
+    cell_over_reference: bool = True  # ratio orientation: cell / reference, else reference / cell
+    bootstrap: bool = False  # one seed: paired bootstrap over test predictions
+    same: str = ""  # the phrase for a ratio of exactly 1 (deterministic counts)
+
+
+SPECS: dict[str, MetricSpec] = {
+    s.base: s
+    for s in (
+        MetricSpec("test_accuracy", "difference", "points", "{task} test accuracy", "{verb} {size} of {label}",
+                   ("gains", "loses"), bootstrap=True),
+        MetricSpec("test_macro_f1", "difference", "points", "{task} test macro-F1", "{verb} {size} of {label}",
+                   ("gains", "loses")),
+        MetricSpec("train_val_gap", "difference", "points", "{task} train-validation gap",
+                   "{verb} the {label} by {size}", ("widens", "narrows"), higher_is_better=False),
+        MetricSpec("drift", "difference", "points", "{task} drift (test accuracy change from its source run)",
+                   "{verb} the {label} by {size}", ("raises", "lowers"), bootstrap=True),
+        MetricSpec("train_seconds", "ratio", "seconds", "training time", "trains {x} {word}", ("faster", "slower"),
+                   cell_over_reference=False),
+        MetricSpec("wall_seconds", "ratio", "seconds", "wall time", "runs end to end {x} {word}",
+                   ("faster", "slower"), cell_over_reference=False),
+        MetricSpec("time_to_val", "ratio", "seconds", "time to the {task} validation level",
+                   "reaches the {task} validation level {x} {word}", ("sooner", "later"), cell_over_reference=False),
+        MetricSpec("steps_to_val", "ratio", "steps", "steps to the {task} validation level",
+                   "reaches the {task} validation level in {x} {word} steps", ("fewer", "more"),
+                   cell_over_reference=False),
+        MetricSpec("tokens_per_second", "ratio", "tokens/s", "throughput", "processes {x} {word} tokens per second",
+                   ("more", "fewer")),
+        MetricSpec("total_params", "ratio", "parameters", "total parameters", "has {x} {word} parameters",
+                   ("fewer", "more"), cell_over_reference=False, same="has as many parameters"),
+        MetricSpec("trainable_params", "ratio", "parameters", "trainable parameters",
+                   "trains {x} {word} parameters", ("fewer", "more"), cell_over_reference=False,
+                   same="trains as many parameters"),
+        MetricSpec("share_kept", "ratio", "share", "share of the reference's {task} test accuracy",
+                   "keeps {x} of {reference}'s {task} test accuracy", ("", "")),
+        MetricSpec("val_accuracy", "difference", "points", "{task} final validation accuracy",
+                   "{verb} {size} of {label}", ("gains", "loses")),
+    )
+}  # fmt: skip
+
+
+def split_metric(metric: str) -> tuple[str, str | None]:
+    """ "test_accuracy:a" -> ("test_accuracy", "a"); "train_seconds" -> ("train_seconds", None)."""
+    base, _, letter = metric.partition(":")
+    return base, (letter or None)
+
+
+def spec_of(metric: str) -> MetricSpec:
+    base, _ = split_metric(metric)
+    if base not in SPECS:
+        raise KeyError(f"unknown study metric {metric!r}; known: {', '.join(SPECS)}")
+    return SPECS[base]
+
+
+def task_names(study: Study) -> dict[str, str]:
+    """Task letter -> task name of the study's base config ("a" is the first task)."""
+    tasks = study.base_config.get("tasks") or []
+    return {letter: t["name"] for letter, t in zip("ab", tasks)}
+
+
+def metric_label(metric: str, tasks: dict[str, str]) -> str:
+    base, letter = split_metric(metric)
+    return SPECS[base].label.replace("{task}", tasks.get(letter, letter or "")) if base in SPECS else metric
+
+
+# -- number formatting (shared with core/report.py) -----------------------------------------------
+def fmt_sig2(x: float) -> str:
+    """Two significant digits, never an exponent, thousands separated: 3.9, 0.55, 1.0, 12, 1,234."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    if x == 0:
+        return "0"
+    x = float(f"{x:.2g}")
+    decimals = max(0, 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
+
+
+def fmt_value(metric: str, v: float | None) -> str:
+    """One number in its metric's own units: points with 1 decimal, seconds, counts with separators."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    unit = spec_of(metric).unit if split_metric(metric)[0] in SPECS else ""
+    if unit == "points":
+        return _points(v)
+    if unit == "share":
+        return f"{v * 100:.1f}%"
+    if unit in ("seconds", "tokens/s"):
+        return f"{v:,.1f}" if abs(v) < 100 else f"{v:,.0f}"
+    if unit in ("parameters", "steps"):
+        return f"{v:,.0f}"
+    return f"{v:,.3g}"
+
+
+def fmt_interval(metric: str, iv: stats.Interval | None, unit: str = "") -> str:
+    """ "85.3 [84.1, 86.5]" or "85.3 (1 seed)"; ``unit`` follows the estimate ("85.3% [84.1, 86.5]")."""
+    if iv is None:
+        return "n/a"
+    main = fmt_value(metric, iv.estimate) + unit
+    if iv.low is None or iv.high is None:
+        return f"{main} (1 seed)" if iv.n == 1 else main
+    if iv.low == iv.high:
+        return main
+    return f"{main} [{fmt_value(metric, iv.low)}, {fmt_value(metric, iv.high)}]"
+
+
+def _points(v: float) -> str:
+    """A fraction in points with 1 decimal, never "-0.0"."""
+    text = f"{v * 100:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "n/a"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 60 else f"{seconds:.1f} s"
+
+
+# -- collect -------------------------------------------------------------------------------------
+@dataclass
+class Collected:
+    """``collect``'s table and what it left out."""
+
+    table: pd.DataFrame
+    left_out: dict[str, dict[str, int]]  # design -> {"missing"|"damaged"|"unfinished": count}
+    left_out_runs: list[dict[str, Any]]  # {design, cell, seed, run_id, reason}
+    levels: dict[tuple[str, str, str], float]  # (design, group, task letter) -> LEVEL for time_to_val
+    never_reached: list[dict[str, Any]]  # {design, cell, seed, run_id, metric, level}
+    chance: dict[str, float]  # task letter -> 1 / number of classes
+    records: dict[str, RunRecord]  # run id -> record, every run read (sources of drift included)
+
+
+def _all_seeds(study: Study) -> list[int]:
+    return sorted({*study.seeds, *(r["seed"] for r in study.runs if r.get("seed") is not None)})
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _run_values(record: RunRecord, tasks: dict[str, str]) -> dict[str, float]:
+    """Every per-run metric a summary holds, under study metric names."""
+    s = record.summary
+    out: dict[str, float] = {}
+    for key in SUMMARY_COSTS:
+        v = getattr(s, key)
+        if _finite(v):
+            out[key] = float(v)
+    for letter, name in tasks.items():
+        t = s.tasks.get(name)
+        if t is None:
+            continue
+        for key in ("test_accuracy", "test_macro_f1", "val_accuracy"):
+            v = getattr(t, key)
+            if _finite(v):
+                out[f"{key}:{letter}"] = float(v)
+        if _finite(t.train_accuracy) and _finite(t.val_accuracy):
+            out[f"train_val_gap:{letter}"] = float(t.train_accuracy) - float(t.val_accuracy)
+    return out
+
+
+def _first_reaching(evals: list[dict], task: str, level: float) -> dict | None | bool:
+    """The first validation eval of ``task`` at or above ``level``; None if none is; False without a curve."""
+    curve = [
+        r
+        for r in evals
+        if r.get("kind") == "eval" and r.get("split", "validation") == "validation" and r.get("task") == task
+    ]
+    if not curve:
+        return False
+    for r in sorted(curve, key=lambda r: r.get("step", 0)):
+        if _finite(r.get("accuracy")) and r["accuracy"] >= level - 1e-12:
+            return r
+    return None
+
+
+def _collect(store: RunStore, study: Study, designs: list[Design]) -> Collected:
+    tasks = task_names(study)
+    seeds = _all_seeds(study)
+    records: dict[str, RunRecord | None] = {}
+
+    def record(run_id: str) -> RunRecord | None:
+        if run_id not in records:
+            records[run_id] = store.record(run_id) if store.exists(run_id) else None
+        return records[run_id]
+
+    rows: list[dict[str, Any]] = []
+    left_out: dict[str, dict[str, int]] = {}
+    left_out_runs: list[dict[str, Any]] = []
+    levels: dict[tuple[str, str, str], float] = {}
+    never: list[dict[str, Any]] = []
+    chance: dict[str, float] = {}
+    metrics_cache: dict[str, list[dict]] = {}
+
+    for design in designs:
+        counts = left_out.setdefault(design.id, {})
+        included: list[tuple[Cell, int, RunRecord, dict[str, float]]] = []
+        for cell in design.cells:
+            for seed in seeds:
+                run_id = study.run_of(design.id, cell.label, seed)
+                rec = record(run_id) if run_id else None
+                if rec is None:
+                    reason = "missing"
+                elif rec.damaged:
+                    reason = "damaged"
+                elif rec.state != RunState.COMPLETED or rec.summary is None:
+                    reason = "unfinished"
+                else:
+                    reason = None
+                if reason:
+                    if run_id is None and seed not in study.seeds:
+                        continue  # a seed another design queued: not planned for this one
+                    counts[reason] = counts.get(reason, 0) + 1
+                    left_out_runs.append(
+                        {"design": design.id, "cell": cell.label, "seed": seed, "run_id": run_id, "reason": reason}
+                    )
+                    continue
+                values = _run_values(rec, tasks)
+                for letter, name in tasks.items():
+                    t = rec.summary.tasks.get(name)
+                    if t and t.label_names and letter not in chance:
+                        chance[letter] = 1.0 / len(t.label_names)
+                included.append((cell, seed, rec, values))
+
+        wanted = set(design.metrics)
+        # drift: this run's task test accuracy minus its init_from source run's
+        for metric in [m for m in wanted if split_metric(m)[0] == "drift"]:
+            letter = split_metric(metric)[1]
+            for _cell, _seed, rec, values in included:
+                source_id = rec.config.get("init_from")
+                source = record(source_id) if source_id else None
+                if (
+                    source is None
+                    or source.damaged
+                    or source.summary is None
+                    or f"test_accuracy:{letter}" not in values
+                ):
+                    continue
+                before = source.summary.test_accuracy(tasks.get(letter, ""))
+                if _finite(before):
+                    values[metric] = values[f"test_accuracy:{letter}"] - float(before)
+
+        # time_to_val / steps_to_val against the level of the group's reference cell
+        for metric in sorted(m for m in wanted if split_metric(m)[0] in ("time_to_val", "steps_to_val")):
+            base, letter = split_metric(metric)
+            if letter not in tasks:
+                continue
+            for group in dict.fromkeys(c.group for c in design.cells):
+                ref = next((c for c in design.cells if c.group == group and c.reference), None)
+                finals = [
+                    v[f"val_accuracy:{letter}"] for c, _, _, v in included if c is ref and f"val_accuracy:{letter}" in v
+                ]
+                if ref is None or not finals:
+                    continue
+                level = LEVEL_FRACTION * float(np.mean(finals))
+                levels[(design.id, group, letter)] = level
+                for cell, seed, rec, values in included:
+                    if cell.group != group:
+                        continue
+                    if rec.id not in metrics_cache:
+                        metrics_cache[rec.id] = store.read_metrics(rec.id)
+                    hit = _first_reaching(metrics_cache[rec.id], tasks[letter], level)
+                    key = "wall_seconds" if base == "time_to_val" else "step"
+                    if hit is False:
+                        continue  # no validation curve for this task (a run that logged none): nothing to time
+                    if hit is not None and _finite(hit.get(key)):
+                        values[metric] = float(hit[key])
+                    else:
+                        never.append(
+                            {"design": design.id, "cell": cell.label, "seed": seed, "run_id": rec.id,
+                             "metric": metric, "level": level}
+                        )  # fmt: skip
+
+        keep = (wanted - {m for m in wanted if split_metric(m)[0] == "share_kept"}) | {
+            "train_seconds",
+            "trainable_params",
+            *(f"test_accuracy:{letter}" for letter in tasks),
+            *(f"val_accuracy:{letter}" for letter in tasks),
+        }
+        for cell, seed, rec, values in included:
+            for metric, value in values.items():
+                if metric in keep:
+                    rows.append(
+                        {"design": design.id, "cell": cell.label, "group": cell.group, "series": cell.series,
+                         "x": cell.x, "seed": seed, "run_id": rec.id, "state": rec.state.value, "metric": metric,
+                         "value": value}
+                    )  # fmt: skip
+
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["x"] = pd.to_numeric(table["x"], errors="coerce")
+    table["value"] = table["value"].astype(float)
+    return Collected(
+        table, left_out, left_out_runs, levels, never, chance, {k: v for k, v in records.items() if v is not None}
+    )
+
+
+def collect(store: RunStore, study: Study) -> pd.DataFrame:
+    """Long table of the study's completed runs: design, cell, group, series, x, seed, run_id, state, metric, value.
+
+    ``table.attrs``: "left_out" (design -> {missing|damaged|unfinished: count}), "left_out_runs", "levels"
+    ({"design/group/letter": LEVEL}) and "never_reached" (runs that never reached LEVEL)."""
+    col = _collect(store, study, study.design_objects())
+    table = col.table
+    table.attrs = {
+        "left_out": col.left_out,
+        "left_out_runs": col.left_out_runs,
+        "levels": {"/".join(k): v for k, v in col.levels.items()},
+        "never_reached": col.never_reached,
+    }
+    return table
+
+
+# -- findings -------------------------------------------------------------------------------------
+@dataclass
+class CellStat:
+    """One cell's mean of one metric over seeds, with its 95% interval."""
+
+    design: str
+    cell: str
+    group: str
+    series: str
+    x: float | None
+    reference: bool
+    metric: str
+    interval: stats.Interval
+    values: dict[int, float]
+
+
+@dataclass
+class ComparisonResult:
+    """A cell against its group's reference for one metric: the interval, the verdict and its words."""
+
+    design: str
+    group: str
+    cell: str
+    reference: str
+    metric: str
+    label: str  # the metric in words ("topic test accuracy")
+    comparison: stats.Comparison
+    raw: stats.Verdict  # core.stats.verdict as it comes (interval against the threshold only)
+    verdict: stats.Verdict  # the final one: Holm applied, sentence rewritten
+    p_adjusted: float | None = None
+    downgraded: bool = False  # the interval cleared the band but the Holm-adjusted p did not
+    derived: bool = False  # share_kept: restates an accuracy comparison, not a test of its own
+    bootstrap: bool = False
+    phrase: str = ""  # without subject: "trains 3.9x [3.6, 4.2] faster"
+    tag: str = ""  # "better", "within noise", ...
+    family_size: int = 0
+
+    @property
+    def status(self) -> str:
+        return self.verdict.status
+
+    @property
+    def sentence(self) -> str:
+        return self.verdict.sentence
+
+
+@dataclass
+class Recommendation:
+    design: str
+    group: str
+    task: str
+    cell: str
+    best: str
+    sentence: str
+    accuracy: stats.Interval
+    best_accuracy: stats.Interval
+    against_best: ComparisonResult | None  # None when the pick is the best cell
+    speedup: stats.Comparison | None  # best's train_seconds / pick's
+    trainable_params: tuple[float | None, float | None]  # (pick, best), means over seeds
+    candidates: dict[str, str] = field(default_factory=dict)  # cell -> status against the best
+
+
+@dataclass
+class DesignFindings:
+    design: Design
+    answer: str
+    cells: list[CellStat]
+    comparisons: list[ComparisonResult]
+    recommendations: list[Recommendation]
+    left_out: dict[str, int]
+    left_out_runs: list[dict[str, Any]]
+    never_reached: list[dict[str, Any]]
+    levels: dict[tuple[str, str], float]  # (group, task letter) -> LEVEL
+    n_seeds: int = 0  # most seeds any cell has
+    lee: dict[str, str] = field(default_factory=dict)  # freeze_depth: task -> reproduced|refuted|unsettled
+
+    def stat(self, cell: str, metric: str) -> CellStat | None:
+        return next((s for s in self.cells if s.cell == cell and s.metric == metric), None)
+
+    def comparison(self, cell: str, metric: str) -> ComparisonResult | None:
+        return next((c for c in self.comparisons if c.cell == cell and c.metric == metric), None)
+
+    def means_frame(self) -> pd.DataFrame:
+        """One row per (cell, metric): mean, low, high, n, method."""
+        return pd.DataFrame(
+            [
+                {"cell": s.cell, "group": s.group, "series": s.series, "x": s.x, "reference": s.reference,
+                 "metric": s.metric, "mean": s.interval.estimate, "low": s.interval.low, "high": s.interval.high,
+                 "n": s.interval.n, "method": s.interval.method}
+                for s in self.cells
+            ]
+        )  # fmt: skip
+
+
+@dataclass
+class StudyFindings:
+    study: Study
+    tasks: dict[str, str]
+    designs: dict[str, DesignFindings]
+    table: pd.DataFrame
+    threshold: float
+    ratio_threshold: float
+    alpha: float
+    n_tests: int  # comparisons in the Holm family
+    chance: dict[str, float]
+    records: dict[str, RunRecord]
+
+    @property
+    def comparisons(self) -> list[ComparisonResult]:
+        return [c for d in self.designs.values() for c in d.comparisons]
+
+    def comparisons_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"design": c.design, "group": c.group, "cell": c.cell, "reference": c.reference, "metric": c.metric,
+                 "estimate": c.comparison.estimate, "low": c.comparison.low, "high": c.comparison.high,
+                 "scale": c.comparison.scale, "method": c.comparison.method, "p": c.comparison.p_value,
+                 "p_holm": c.p_adjusted, "status": c.status, "sentence": c.sentence}
+                for c in self.comparisons
+            ]
+        )  # fmt: skip
+
+
+# -- comparisons ----------------------------------------------------------------------------------
+def _correct(store: RunStore, run_id: str, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(1.0 where the run's test prediction is right, the test labels), or None without stored predictions."""
+    preds = store.read_test_predictions(run_id).get(task) or {}
+    labels, predicted = preds.get("labels"), preds.get("predictions")
+    if not labels or predicted is None or len(labels) != len(predicted):
+        return None
+    return (np.asarray(labels) == np.asarray(predicted)).astype(float), np.asarray(labels)
+
+
+def _bootstrap(store: RunStore, cell_run: str, ref_run: str, task: str) -> stats.Comparison | None:
+    a, b = _correct(store, cell_run, task), _correct(store, ref_run, task)
+    if a is None or b is None or len(a[1]) != len(b[1]) or not np.array_equal(a[1], b[1]):
+        return None  # not the same test examples: nothing to pair
+    return stats.bootstrap_accuracy_difference(a[0], b[0])
+
+
+def _oriented_ratio(spec: MetricSpec, cell: dict[int, float], ref: dict[int, float]) -> stats.Comparison | None:
+    common = [s for s in set(cell) & set(ref) if cell[s] > 0 and ref[s] > 0]
+    if not common:
+        return None
+    c, r = {s: cell[s] for s in common}, {s: ref[s] for s in common}
+    return stats.ratio_interval(c, r) if spec.cell_over_reference else stats.ratio_interval(r, c)
+
+
+def _null(c: stats.Comparison) -> float:
+    return 1.0 if c.scale == "ratio" else 0.0
+
+
+def _band_text(spec: MetricSpec, threshold: float) -> str:
+    return f"{threshold * 100:g}%" if spec.scale == "ratio" else points_text(threshold)
+
+
+def points_text(v: float) -> str:
+    """0.01 -> "1 point", 0.005 -> "0.5 points"."""
+    return f"{v * 100:g} point" + ("" if v * 100 == 1 else "s")
+
+
+def _size_text(c: stats.Comparison) -> str:
+    """Magnitude of a difference in points with its interval oriented the same way: "0.8 [-0.4, 2.0] points"."""
+    up = c.estimate >= 0
+    text = _points(abs(c.estimate))
+    if c.low is not None and c.high is not None and c.low != c.high:
+        lo, hi = (c.low, c.high) if up else (-c.high, -c.low)
+        text += f" [{_points(lo)}, {_points(hi)}]"
+    return text + " points"
+
+
+def _ratio_text(c: stats.Comparison, percent: bool = False) -> tuple[str, bool]:
+    """ "3.9x [3.6, 4.2]" (inverted when below 1, so the sentence can say "slower"); (text, at least 1)."""
+    up = c.estimate >= 1 or percent
+    est, lo, hi = (
+        (c.estimate, c.low, c.high) if up else (1 / c.estimate, *(1 / v if v else None for v in (c.high, c.low)))
+    )
+    if percent:
+        f = lambda v: fmt_value("share_kept:a", v)  # noqa: E731
+        text = f(est) + (f" [{f(lo)}, {f(hi)}]" if lo is not None and lo != hi else "")
+    else:
+        text = f"{fmt_sig2(est)}x" + (f" [{fmt_sig2(lo)}, {fmt_sig2(hi)}]" if lo is not None and lo != hi else "")
+    return text, up
+
+
+def _phrase(spec: MetricSpec, metric: str, c: stats.Comparison, tasks: dict[str, str], reference: str) -> str:
+    task = tasks.get(split_metric(metric)[1] or "", "")
+    label = spec.label.replace("{task}", task)
+    if spec.scale == "difference":
+        verb = spec.words[0] if c.estimate >= 0 else spec.words[1]
+        return spec.template.format(verb=verb, size=_size_text(c), label=label)
+    if spec.same and c.estimate == 1.0 and c.low == c.high == 1.0:
+        return spec.same
+    text, up = _ratio_text(c, percent=spec.base == "share_kept")
+    word = spec.words[0] if up else spec.words[1]
+    return spec.template.format(x=text, word=word, task=task, reference=reference).replace("  ", " ")
+
+
+def _tag(status: str, c: stats.Comparison, downgraded: bool, band: str) -> str:
+    if downgraded:
+        return "not significant after Holm"
+    if status == "equivalent":
+        return f"equivalent within ±{band}"
+    if status in ("better", "worse"):
+        return status
+    if c.low is None:
+        return "1 seed, no interval"
+    if c.contains(_null(c)):
+        return "within noise"
+    return "real, but maybe under the threshold"
+
+
+def _reason(result: ComparisonResult, band: str, alpha: float) -> str:
+    c, status = result.comparison, result.verdict.status
+    if result.downgraded:
+        return (
+            f"the interval clears the threshold of {band}, but not after Holm correction over "
+            f"{result.family_size} comparisons (adjusted p = {result.p_adjusted:.2g} > {alpha:g}) (unsettled)"
+        )
+    if c.low is None:
+        return f"{c.n} seed, no interval (unsettled)" if c.n == 1 else "no interval (unsettled)"
+    if status in ("better", "worse"):
+        return f"{status}, the whole interval is beyond the threshold of {band} ({status})"
+    if status == "equivalent":
+        return f"the same within ±{band} (equivalent)"
+    if c.contains(_null(c)):
+        return "within noise (unsettled)"
+    return f"a real difference, but it may be under the threshold of {band} (unsettled)"
+
+
+def _seeds_for(c: stats.Comparison, spec: MetricSpec, threshold: float, confidence: float) -> int | None:
+    if len(c.differences) < 2:
+        return None
+    band = math.log1p(threshold) if c.scale == "ratio" else threshold
+    sign = 1.0 if (c.scale == "ratio" or spec.higher_is_better) else -1.0
+    return stats.seeds_needed([sign * d for d in c.differences], band, confidence)
+
+
+def _compare(
+    store: RunStore,
+    spec: MetricSpec,
+    cell_vals: dict[int, float],
+    ref_vals: dict[int, float],
+    cell_runs: dict[int, str],
+    ref_runs: dict[int, str],
+    task: str | None,
+    records: dict[str, RunRecord],
+) -> tuple[stats.Comparison, bool] | None:
+    """The comparison for one metric, and whether it is a one-seed bootstrap."""
+    common = sorted(set(cell_vals) & set(ref_vals))
+    if not common:
+        return None
+    if len(common) == 1 and spec.bootstrap and task:
+        seed = common[0]
+        cr, rr = cell_runs.get(seed), ref_runs.get(seed)
+        same_start = spec.base != "drift" or (
+            cr in records
+            and rr in records
+            and records[cr].config.get("init_from") == records[rr].config.get("init_from")
+        )
+        if cr and rr and same_start:
+            boot = _bootstrap(store, cr, rr, task)
+            if boot is not None:
+                return boot, True
+    if spec.scale == "difference":
+        return stats.paired_difference({s: cell_vals[s] for s in common}, {s: ref_vals[s] for s in common}), False
+    ratio = _oriented_ratio(spec, cell_vals, ref_vals)
+    return (ratio, False) if ratio is not None else None
+
+
+def _share_from_bootstrap(boot: stats.Comparison, ref_acc: float, cell_acc: float) -> stats.Comparison:
+    """A one-seed share kept from the bootstrap difference, the reference accuracy held fixed."""
+    low = None if boot.low is None else 1 + boot.low / ref_acc
+    high = None if boot.high is None else 1 + boot.high / ref_acc
+    method = boot.method + "; share = 1 + difference / reference accuracy"
+    return stats.Comparison(cell_acc / ref_acc, low, high, boot.n, method, boot.confidence, boot.p_value, "ratio")
+
+
+def _finish(result: ComparisonResult, spec: MetricSpec, threshold: float, alpha: float, what: str) -> None:
+    """Apply the Holm rule and write the final verdict and sentence."""
+    raw, c = result.raw, result.comparison
+    status = raw.status
+    if status in ("better", "worse") and (result.p_adjusted is None or result.p_adjusted > alpha):
+        status, result.downgraded = "unsettled", True  # share_kept: p_adjusted is its accuracy comparison's
+    band = _band_text(spec, threshold)
+    needed = raw.seeds_needed
+    if result.downgraded:
+        multiplier = max(1.0, (result.p_adjusted or 1.0) / c.p_value) if c.p_value else float(result.family_size)
+        needed = _seeds_for(c, spec, threshold, 1 - alpha / multiplier)
+    result.verdict = dataclasses.replace(raw, status=status, seeds_needed=needed)
+    result.tag = _tag(status, c, result.downgraded, band) + ("; 1-seed bootstrap" if result.bootstrap else "")
+    if spec.scale == "difference":
+        claim = f"{what} {result.phrase} against {result.reference}"
+    elif spec.base == "share_kept":
+        claim = f"{what} {result.phrase}"
+    else:
+        claim = f"{what} {result.phrase} than {result.reference}"
+    sentence = f"{claim}: {_reason(result, band, alpha)}."
+    if result.bootstrap:
+        sentence += (
+            f" (1 seed: paired bootstrap over {c.n:,} test examples with McNemar's test; it covers test-set "
+            "sampling, not seed-to-seed noise.)"
+        )
+    if status == "unsettled" and len(c.differences) >= 2:
+        if needed is None:
+            sentence += f" More than {stats.MAX_SEEDS} seeds would be needed to settle it."
+        elif needed > c.n:
+            sentence += f" About {needed} seeds would settle it."
+    result.verdict = dataclasses.replace(result.verdict, sentence=sentence)
+
+
+# -- analyse --------------------------------------------------------------------------------------
+def analyse(
+    store: RunStore, study: Study, *, ratio_threshold: float = RATIO_THRESHOLD, alpha: float = ALPHA
+) -> StudyFindings:
+    """Means with intervals, paired comparisons with Holm-checked verdicts, plain answers and recommendations
+    for every design of ``study`` (see the module docstring for the rules)."""
+    designs = study.design_objects()
+    col = _collect(store, study, designs)
+    tasks = task_names(study)
+    table = col.table
+    threshold = study.threshold
+
+    values: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
+    runs: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    for row in table.itertuples(index=False):
+        values[(row.design, row.cell, row.metric)][int(row.seed)] = float(row.value)
+        runs[(row.design, row.cell)][int(row.seed)] = row.run_id
+
+    per_design: dict[str, tuple[list[CellStat], list[ComparisonResult]]] = {}
+    family: list[ComparisonResult] = []
+    for design in designs:
+        cell_stats: list[CellStat] = []
+        metrics_here = sorted({m for (d, _, m) in values if d == design.id}, key=_metric_order(design))
+        for cell in design.cells:
+            for metric in metrics_here:
+                v = values.get((design.id, cell.label, metric))
+                if v:
+                    iv = stats.mean_interval([v[s] for s in sorted(v)])
+                    cell_stats.append(
+                        CellStat(design.id, cell.label, cell.group, cell.series, cell.x, cell.reference, metric, iv, v)
+                    )
+        comparisons: list[ComparisonResult] = []
+        for cell in design.cells:
+            ref = _reference(design, cell.group)
+            if cell.reference or ref is None:
+                continue
+            for metric in design.metrics:
+                spec = spec_of(metric)
+                letter = split_metric(metric)[1]
+                if letter is not None and letter not in tasks:
+                    continue
+                source_metric = f"test_accuracy:{letter}" if spec.base == "share_kept" else metric
+                cell_vals = values.get((design.id, cell.label, source_metric), {})
+                ref_vals = values.get((design.id, ref.label, source_metric), {})
+                use_spec = SPECS["test_accuracy"] if spec.base == "share_kept" else spec
+                got = _compare(
+                    store, use_spec, cell_vals, ref_vals, runs[(design.id, cell.label)],
+                    runs[(design.id, ref.label)], tasks.get(letter or ""), col.records,
+                )  # fmt: skip
+                if got is None:
+                    continue
+                comp, boot = got
+                derived = spec.base == "share_kept"
+                if derived:
+                    if boot:
+                        seed = min(set(cell_vals) & set(ref_vals))
+                        comp = _share_from_bootstrap(comp, ref_vals[seed], cell_vals[seed])
+                    else:
+                        comp = _oriented_ratio(spec, cell_vals, ref_vals)
+                        if comp is None:
+                            continue
+                th = threshold if spec.scale == "difference" or spec.base == "share_kept" else ratio_threshold
+                label = metric_label(metric, tasks)
+                higher = spec.higher_is_better if spec.scale == "difference" else True
+                raw = stats.verdict(comp, th, higher, label, cell.label, ref.label, "points")
+                result = ComparisonResult(
+                    design.id, cell.group, cell.label, ref.label, metric, label, comp, raw, raw,
+                    derived=derived, bootstrap=boot, phrase=_phrase(spec, metric, comp, tasks, ref.label),
+                )  # fmt: skip
+                comparisons.append(result)
+                if not derived:
+                    family.append(result)
+        per_design[design.id] = (cell_stats, comparisons)
+
+    # Holm within each question: a question's verdicts are one family (its comparisons over cells and metrics).
+    # One family over every question of an "all questions" study would make a 3-seed study unable to settle
+    # anything, and the questions are read (and acted on) separately.
+    n_tests = 0
+    for design in designs:
+        members = [r for r in family if r.design == design.id]
+        adjusted = stats.holm([r.comparison.p_value for r in members])
+        size = sum(p is not None for p in adjusted)
+        n_tests += size
+        for r, p in zip(members, adjusted, strict=True):
+            r.p_adjusted, r.family_size = p, size
+    for design in designs:
+        _, comparisons = per_design[design.id]
+        for r in comparisons:
+            spec = spec_of(r.metric)
+            if r.derived:
+                letter = split_metric(r.metric)[1]
+                parent = next(
+                    (p for p in comparisons if p.cell == r.cell and p.metric == f"test_accuracy:{letter}"), None
+                )
+                if parent is not None:
+                    r.p_adjusted, r.family_size = parent.p_adjusted, parent.family_size
+                else:
+                    r.p_adjusted = stats.holm([r.comparison.p_value])[0]
+                    r.family_size = 1
+            th = threshold if spec.scale == "difference" or spec.base == "share_kept" else ratio_threshold
+            _finish(r, spec, th, alpha, r.cell)
+
+    out: dict[str, DesignFindings] = {}
+    for design in designs:
+        cell_stats, comparisons = per_design[design.id]
+        for r in comparisons:  # share kept joins the means table, from its ratio comparison
+            if r.derived:
+                cell = design.cell(r.cell)
+                cell_stats.append(
+                    CellStat(design.id, r.cell, cell.group, cell.series, cell.x, False, r.metric, r.comparison, {})
+                )
+        for metric in [m for m in design.metrics if split_metric(m)[0] == "share_kept"]:
+            for cell in design.cells:
+                acc = values.get((design.id, cell.label, f"test_accuracy:{split_metric(metric)[1]}"))
+                if cell.reference and acc:
+                    iv = stats.Interval(1.0, 1.0, 1.0, len(acc), "reference")
+                    cell_stats.append(
+                        CellStat(design.id, cell.label, cell.group, cell.series, cell.x, True, metric, iv, {})
+                    )
+        order = {c.label: i for i, c in enumerate(design.cells)}
+        cell_stats.sort(key=lambda s: order[s.cell])
+        df = DesignFindings(
+            design=design,
+            answer="",
+            cells=cell_stats,
+            comparisons=comparisons,
+            recommendations=[],
+            left_out=col.left_out.get(design.id, {}),
+            left_out_runs=[r for r in col.left_out_runs if r["design"] == design.id],
+            never_reached=[r for r in col.never_reached if r["design"] == design.id],
+            levels={(g, letter): v for (d, g, letter), v in col.levels.items() if d == design.id},
+            n_seeds=max(
+                (s.interval.n for s in cell_stats if s.interval.method.startswith(("t over", "1 seed"))), default=0
+            ),
+        )
+        if design.id not in NO_RECOMMENDATION:
+            df.recommendations = _recommend(store, design, values, runs, tasks, col.records, threshold, alpha)
+        df.answer = _answer(df, tasks, threshold, alpha)
+        out[design.id] = df
+    return StudyFindings(study, tasks, out, table, threshold, ratio_threshold, alpha, n_tests, col.chance, col.records)
+
+
+def _metric_order(design: Design):
+    order = {m: i for i, m in enumerate(design.metrics)}
+    return lambda m: (order.get(m, len(order)), m)
+
+
+def _reference(design: Design, group: str) -> Cell | None:
+    return next((c for c in design.cells if c.group == group and c.reference), None)
+
+
+def _groups(design: Design) -> list[str]:
+    return list(dict.fromkeys(c.group for c in design.cells))
+
+
+# -- recommendation -------------------------------------------------------------------------------
+def _mean(v: dict[int, float] | None) -> float:
+    return float(np.mean(list(v.values()))) if v else math.inf
+
+
+def _recommend(
+    store: RunStore,
+    design: Design,
+    values: dict[tuple[str, str, str], dict[int, float]],
+    runs: dict[tuple[str, str], dict[int, str]],
+    tasks: dict[str, str],
+    records: dict[str, RunRecord],
+    threshold: float,
+    alpha: float,
+) -> list[Recommendation]:
+    out = []
+    acc_spec = SPECS["test_accuracy"]
+    for group in _groups(design):
+        cells = [c for c in design.cells if c.group == group]
+        for letter, task in tasks.items():
+            metric = f"test_accuracy:{letter}"
+            have = [c for c in cells if values.get((design.id, c.label, metric))]
+            if not have:
+                continue
+            best = max(have, key=lambda c: _mean(values[(design.id, c.label, metric)]))
+            best_vals = values[(design.id, best.label, metric)]
+            results: dict[str, ComparisonResult] = {}
+            for c in have:
+                if c is best:
+                    continue
+                got = _compare(
+                    store, acc_spec, values[(design.id, c.label, metric)], best_vals, runs[(design.id, c.label)],
+                    runs[(design.id, best.label)], task, records,
+                )  # fmt: skip
+                if got is None:
+                    continue
+                comp, boot = got
+                label = metric_label(metric, tasks)
+                raw = stats.verdict(comp, threshold, True, label, c.label, best.label, "points")
+                results[c.label] = ComparisonResult(
+                    design.id, group, c.label, best.label, metric, label, comp, raw, raw, bootstrap=boot,
+                    phrase=_phrase(acc_spec, metric, comp, tasks, best.label),
+                )  # fmt: skip
+            for r in results.values():  # no Holm here: the pick must not be a cell the data already show worse
+                r.p_adjusted, r.family_size = r.comparison.p_value, 1
+                _finish(r, acc_spec, threshold, alpha, r.cell)
+            eligible = [best] + [c for c in have if c.label in results and results[c.label].status != "worse"]
+
+            def cost(c: Cell) -> tuple[float, float]:
+                return (
+                    _mean(values.get((design.id, c.label, "train_seconds"))),
+                    _mean(values.get((design.id, c.label, "trainable_params"))),
+                )
+
+            pick = min(eligible, key=cost)
+            speed = None
+            if pick is not best:
+                speed = _oriented_ratio(
+                    SPECS["train_seconds"],
+                    values.get((design.id, pick.label, "train_seconds"), {}),
+                    values.get((design.id, best.label, "train_seconds"), {}),
+                )
+            params = (
+                _finite_or_none(_mean(values.get((design.id, pick.label, "trainable_params")))),
+                _finite_or_none(_mean(values.get((design.id, best.label, "trainable_params")))),
+            )
+            acc = stats.mean_interval(list(values[(design.id, pick.label, metric)].values()))
+            best_acc = stats.mean_interval(list(best_vals.values()))
+            rec = Recommendation(
+                design.id, group, task, pick.label, best.label, "", acc, best_acc, results.get(pick.label), speed,
+                params, {k: r.status for k, r in results.items()},
+            )  # fmt: skip
+            rec.sentence = _recommendation_sentence(
+                rec, metric, cheapest=min(have, key=cost).label, threshold=threshold
+            )
+            out.append(rec)
+    return out
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _recommendation_sentence(rec: Recommendation, metric: str, cheapest: str, threshold: float) -> str:
+    where = f" ({rec.group})" if rec.group else ""
+    acc = fmt_interval(metric, rec.accuracy, "%")
+    if rec.cell == rec.best:
+        if cheapest == rec.cell:
+            return f"For {rec.task}{where}: {rec.cell}: the most accurate ({acc}) and the cheapest."
+        return (
+            f"For {rec.task}{where}: {rec.cell}: the most accurate ({acc}); every cheaper cell is worse "
+            f"(its whole interval more than {points_text(threshold)} below)."
+        )
+    b = rec.against_best
+    against = f"{b.phrase}: {b.tag}" if b else "not compared"
+    text = (
+        f"For {rec.task}{where}: {rec.cell}. Its test accuracy {acc} is not statistically worse than the best "
+        f"cell's, {rec.best} ({fmt_interval(metric, rec.best_accuracy, '%')}; it {against})"
+    )
+    savings = []
+    if rec.speedup is not None:
+        ratio, up = _ratio_text(rec.speedup)
+        noise = " (1 seed)" if rec.speedup.low is None else (" (within noise)" if rec.speedup.contains(1.0) else "")
+        savings.append(f"trains {ratio} {'faster' if up else 'slower'}{noise}")
+    pick_p, best_p = rec.trainable_params
+    if pick_p is not None and best_p is not None and pick_p != best_p:
+        fewer = f" ({fmt_sig2(best_p / pick_p)}x fewer)" if pick_p > 0 and best_p > pick_p else ""
+        savings.append(f"trains {pick_p:,.0f} instead of {best_p:,.0f} parameters{fewer}")
+    return text + (", and it " + " and ".join(savings) if savings else "") + "."
+
+
+# -- answers --------------------------------------------------------------------------------------
+def _answer(df: DesignFindings, tasks: dict[str, str], threshold: float, alpha: float) -> str:
+    if not df.cells:
+        return "No completed runs yet: nothing to answer."
+    special = {"overfitting": _answer_overfitting, "freeze_depth": _answer_freeze_depth, "head_drift": _answer_drift}
+    parts = []
+    fn = special.get(df.design.id)
+    if fn is not None:
+        parts.append(fn(df, tasks))
+    else:
+        parts.append(_answer_generic(df))
+    if df.never_reached:
+        by_cell: dict[tuple[str, str], int] = defaultdict(int)
+        for r in df.never_reached:
+            by_cell[(r["cell"], r["metric"])] += 1
+        parts.append(
+            "Never reached the validation level ("
+            + f"{LEVEL_FRACTION:.0%} of the reference's final validation accuracy): "
+            + "; ".join(
+                f"{cell} ({metric_label(m, tasks)}, {n} run{'s' if n > 1 else ''})" for (cell, m), n in by_cell.items()
+            )
+            + "."
+        )
+    if df.n_seeds == 1:
+        parts.append(
+            "With one seed per cell, accuracy comparisons rest on a bootstrap over test examples (test-set noise "
+            "only); run at least 3 seeds for intervals over training noise."
+        )
+    return " ".join(p for p in parts if p)
+
+
+def _cell_line(df: DesignFindings, cell: str, reference: str, metrics: list[str] | None = None) -> str:
+    comps = [c for c in df.comparisons if c.cell == cell and not c.derived and (metrics is None or c.metric in metrics)]
+    if not comps:
+        return ""
+    return f"{cell} against {reference}: " + "; ".join(f"{c.phrase} ({c.tag})" for c in comps) + "."
+
+
+def _answer_generic(df: DesignFindings) -> str:
+    lines = []
+    for group in _groups(df.design):
+        ref = _reference(df.design, group)
+        if ref is None:
+            continue
+        group_lines = [
+            _cell_line(df, c.label, ref.label) for c in df.design.cells if c.group == group and not c.reference
+        ]
+        group_lines = [g for g in group_lines if g]
+        if group_lines and group:
+            group_lines[0] = f"With {group}: " + group_lines[0]
+        lines.extend(group_lines)
+    return " ".join(lines) if lines else "No comparison could be made yet (the reference cell has no completed run)."
+
+
+def _answer_overfitting(df: DesignFindings, tasks: dict[str, str]) -> str:
+    lines = []
+    for group in _groups(df.design):
+        ref = _reference(df.design, group)
+        cells = [c for c in df.design.cells if c.group == group]
+        for letter, task in tasks.items():
+            metric = f"train_val_gap:{letter}"
+            gaps = [(c.series or c.label, df.stat(c.label, metric)) for c in cells]
+            gaps = [(label, s) for label, s in gaps if s is not None]
+            if not gaps:
+                continue
+            text = f"{group or 'all'}, {task} train-validation gap: " + ", ".join(
+                f"{label} {fmt_interval(metric, s.interval)}" for label, s in gaps
+            )
+            changes = [c for c in df.comparisons if c.group == group and c.metric == metric]
+            if changes and ref is not None:
+                name = {c.label: c.series or c.label for c in cells}
+                text += (
+                    " points; against "
+                    + name[ref.label]
+                    + ": "
+                    + ", ".join(f"{name[c.cell]} {c.phrase} ({c.tag})" for c in changes)
+                )
+            else:
+                text += " points"
+            lines.append(text + ".")
+    # where the accuracy curves cross
+    ref_series = {c.series for c in df.design.cells if c.reference}
+    for letter, task in tasks.items():
+        metric = f"test_accuracy:{letter}"
+        for series in dict.fromkeys(c.series for c in df.design.cells if c.series not in ref_series):
+            points = sorted(
+                (
+                    (df.design.cell(c.cell).x, c)
+                    for c in df.comparisons
+                    if c.metric == metric and df.design.cell(c.cell).series == series
+                ),
+                key=lambda p: p[0] if p[0] is not None else 0,
+            )
+            if not points:
+                continue
+            lines.append(f"{task} test accuracy, {series} against {'/'.join(sorted(ref_series))}: " + _crossing(points))
+    return " ".join(lines)
+
+
+def _x_text(x: float | None) -> str:
+    return "n/a" if x is None else f"n={x:,.0f}"
+
+
+def _crossing(points: list[tuple[float | None, ComparisonResult]]) -> str:
+    """Where a series' accuracy crosses the reference's along x: only settled better/worse verdicts count."""
+    desc = ", ".join(f"{c.tag} at {_x_text(x)}" for x, c in points)
+    settled = [(x, c.status) for x, c in points if c.status in ("better", "worse")]
+    for (x1, s1), (x2, s2) in zip(settled, settled[1:]):
+        if s1 != s2:
+            return f"{desc}: the curves cross between {_x_text(x1)} and {_x_text(x2)} ({s1} below, {s2} above)."
+    signs = [np.sign(c.comparison.estimate) for _, c in points if c.comparison.estimate != 0]
+    if len(set(signs)) > 1:
+        return f"{desc}: the estimates change sign, but no crossing within noise."
+    side = "above" if signs and signs[0] > 0 else "below"
+    return f"{desc}: no crossing within noise (the estimates stay {side} at every size)."
+
+
+def _answer_freeze_depth(df: DesignFindings, tasks: dict[str, str]) -> str:
+    lines = []
+    ks = sorted({c.x for c in df.design.cells if c.x is not None and c.x >= 0})
+    n_layers = int(max(ks)) if ks else 0
+    k_quarter = n_layers - math.ceil(n_layers / 4) if n_layers else None
+    ref = _reference(df.design, "")
+    ref_label = ref.label if ref else "the reference"
+    for letter, task in tasks.items():
+        metric = f"share_kept:{letter}"
+        shares = [(df.design.cell(c.cell).x, c) for c in df.comparisons if c.metric == metric]
+        shares = sorted([(x, c) for x, c in shares if x is not None], key=lambda p: p[0])
+        if not shares:
+            continue
+        lines.append(
+            f"Share of {ref_label}'s {task} test accuracy kept: "
+            + ", ".join(f"k={x:g} {_ratio_text(c.comparison, percent=True)[0]}" for x, c in shares)
+            + "."
+        )
+        at = next((c for x, c in shares if x == k_quarter), None)
+        if at is None:
+            continue
+        lo, hi = at.comparison.low, at.comparison.high
+        if lo is None:
+            status = "unsettled"
+            why = "one seed and no interval"
+        elif lo >= LEE_SHARE:
+            status, why = "reproduced", f"the whole interval is at or above {LEE_SHARE:.0%}"
+        elif hi < LEE_SHARE:
+            status, why = "refuted", f"the whole interval is below {LEE_SHARE:.0%}"
+        else:
+            status, why = "unsettled", f"the interval straddles {LEE_SHARE:.0%}"
+        df.lee[task] = status
+        trained = n_layers - k_quarter
+        lines.append(
+            f"Lee et al. (2019) report about {LEE_SHARE:.0%} of full fine-tuning quality with only the top quarter "
+            f"of layers training; here that is k={k_quarter} ({trained} of {n_layers} layers train), which keeps "
+            f"{_ratio_text(at.comparison, percent=True)[0]} on {task}: {status} ({why})."
+        )
+    cost = [c for c in df.comparisons if c.metric == "train_seconds"]
+    if cost:
+        lines.append(
+            "Training time against "
+            + ref_label
+            + ": "
+            + ", ".join(f"{c.cell} {c.phrase} ({c.tag})" for c in cost)
+            + "."
+        )
+    return " ".join(lines)
+
+
+def _answer_drift(df: DesignFindings, tasks: dict[str, str]) -> str:
+    lines = []
+    task = tasks.get("a", "task A")
+    for cell in df.design.cells:
+        s = df.stat(cell.label, "drift:a")
+        if s is not None:
+            lines.append(
+                f"{cell.label}: {task} test accuracy changes by {_signed_points(s.interval)} points from its "
+                "source run."
+            )
+    ref = _reference(df.design, "")
+    for cell in df.design.cells:
+        if cell.reference or ref is None:
+            continue
+        line = _cell_line(df, cell.label, ref.label)
+        if line:
+            lines.append(line)
+    return " ".join(lines)
+
+
+def _signed_points(iv: stats.Interval) -> str:
+    text = f"{iv.estimate * 100:+.1f}"
+    if iv.low is not None and iv.high is not None and iv.low != iv.high:
+        text += f" [{iv.low * 100:+.1f}, {iv.high * 100:+.1f}]"
+    return text
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeedsAdvice:
+    """What more seeds would settle: per unsettled comparison, and the most any of a design's needs."""
+
+    design: str
+    comparisons: list[tuple[str, str, str, int | None]]  # (group, cell, metric, seeds needed; None: > MAX_SEEDS)
+    max_seeds: int | None  # the seeds to queue in total for every settleable comparison; None: nothing to queue
+    unreachable: int  # unsettled comparisons that would not settle within core.stats.MAX_SEEDS seeds
+
+
+def seeds_to_settle(findings: StudyFindings) -> dict[str, SeedsAdvice]:
+    """For every design with unsettled comparisons: the seeds each needs (extrapolated from the spread of its
+    per-seed differences, core.stats.seeds_needed; a Holm-downgraded one at the Holm-corrected confidence), and
+    the most over the design, for a "queue more seeds" button. A one-seed comparison has no spread to extrapolate
+    from: it needs at least MIN_SEEDS (3)."""
+    out = {}
+    for design_id, d in findings.designs.items():
+        rows = []
+        for c in d.comparisons:
+            if c.status != "unsettled" or c.derived:
+                continue
+            n_seeds = len(c.comparison.differences) if c.comparison.differences else 1
+            if c.bootstrap or n_seeds < 2:
+                needed: int | None = MIN_SEEDS
+            else:
+                needed = c.verdict.seeds_needed
+            rows.append((c.group, c.cell, c.metric, needed))
+        if not rows:
+            continue
+        known = [n for *_, n in rows if n is not None]
+        out[design_id] = SeedsAdvice(
+            design_id, rows, max(known) if known else None, sum(1 for *_, n in rows if n is None)
+        )
+    return out
