@@ -121,16 +121,6 @@ def ema(values: list[float] | np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def pareto_front(df: pd.DataFrame, cost: str, gain: str) -> pd.Series:
-    """True for rows no other row beats: lower-or-equal cost and higher-or-equal gain, one strictly."""
-    values = df[[cost, gain]].to_numpy(dtype=float)
-    flags = []
-    for c, g in values:
-        dominated = np.any((values[:, 0] <= c) & (values[:, 1] >= g) & ((values[:, 0] < c) | (values[:, 1] > g)))
-        flags.append(not dominated and not np.isnan(c) and not np.isnan(g))
-    return pd.Series(flags, index=df.index)
-
-
 def flatten_config(cfg: dict) -> dict:
     """Nested config to readable keys: tasks become ``task A.dataset`` etc."""
     flat = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from core.imbalance import class_balanced_indices
 
 GROUP_CHUNK_BATCHES = 50  # sort by length inside chunks of 50 batches: little padding, still random
 CURRICULUM_STREAM = 2**32 - 1  # seeds the capped curriculum's run-level draws apart from any (seed, epoch)
+PASS_STREAM = 2**32 - 2  # seeds a capped task's passes: (seed, PASS_STREAM, task, pass)
 
 
 @dataclass
@@ -158,8 +160,9 @@ class Schedule:
     * ``max_task_repeats`` R (UniMax): task t gets at most floor(R * ceil(n_t / batch_size)) batches in the
       run. The sampler's planned batch counts are capped by ``imbalance.cap_task_batches`` (the excess goes
       to the other tasks), spread over the epochs by ``imbalance.epoch_batches`` and shuffled per epoch;
-      with curriculum the draws skip a task at its cap (``imbalance.capped_curriculum_order``). When every
-      task reaches its cap the run is shorter than planned.
+      with curriculum the draws skip a task at its cap (``imbalance.capped_curriculum_order``). A capped
+      task's batches run through whole passes across epochs, so no example repeats more than ceil(R)
+      times. When every task reaches its cap the run is shorter than planned.
     """
 
     lengths: dict[str, np.ndarray]  # token counts of each trained task's training examples
@@ -187,6 +190,7 @@ class Schedule:
         if self.max_task_repeats is not None and planned:
             self._apply_repeat_cap(planned)
         self._cached_epoch, self._cached = -1, []
+        self._passes: dict[tuple[str, int], list[list[int]]] = {}
 
     def _apply_repeat_cap(self, planned: int) -> None:
         sizes, cap = self.sizes, self.max_task_repeats
@@ -251,20 +255,15 @@ class Schedule:
 
     def _epoch(self, epoch: int) -> list[tuple[str, list[int]]]:
         spe = self.steps_per_epoch
-        order = None
         if self._run_order is not None:  # capped curriculum: the run's task order, drawn once
-            run_order = self._run_order
-
-            def order(rng):
-                return run_order[epoch * spe : (epoch + 1) * spe]
-
-        elif self.task_batches is not None:
-            counts, sampling = self._epoch_counts(epoch), self.sampling
-
-            def order(rng):
-                return imbalance.epoch_task_order(counts, sampling, rng)
-
-        elif self.curriculum:
+            return self._capped_epoch(epoch, self._run_order[epoch * spe : (epoch + 1) * spe])
+        if self.task_batches is not None:
+            order = imbalance.epoch_task_order(
+                self._epoch_counts(epoch), self.sampling, np.random.default_rng([self.seed, epoch])
+            )
+            return self._capped_epoch(epoch, order)
+        order = None
+        if self.curriculum:
             total, sizes, target = self.total_steps, self.sizes, self.curriculum_target
 
             def order(rng):
@@ -274,3 +273,28 @@ class Schedule:
             self.lengths, self.batch_size, self.sampling, self.temperature, self.seed, epoch,
             task_order=order, balanced=self.balanced,
         )  # fmt: skip
+
+    def _capped_epoch(self, epoch: int, order: list[str]) -> list[tuple[str, list[int]]]:
+        """Under a repeat cap each task's batches are one stream of passes across the whole run (pass p of task
+        t shuffled by (seed, t, p)), so R passes' worth of batches shows every example at most ceil(R) times."""
+        if self._run_order is not None:
+            done = Counter(self._run_order[: epoch * self.steps_per_epoch])
+        else:
+            done = Counter()
+            for e in range(epoch):
+                done.update(self._epoch_counts(e))
+        schedule = []
+        for t in order:
+            per_pass = math.ceil(self.sizes[t] / self.batch_size)
+            k = done[t]
+            schedule.append((t, self._pass(t, k // per_pass)[k % per_pass]))
+            done[t] += 1
+        return schedule
+
+    def _pass(self, task: str, index: int) -> list[list[int]]:
+        key = (task, index)
+        if key not in self._passes:
+            rng = np.random.default_rng([self.seed, PASS_STREAM, list(self.sizes).index(task), index])
+            self._passes = {k: v for k, v in self._passes.items() if k[0] != task or k[1] >= index - 1}
+            self._passes[key] = task_pass(self.lengths[task], self.batch_size, rng, self.balanced.get(task))
+        return self._passes[key]

@@ -42,6 +42,7 @@ from core.errors import CheckpointError, StorageError
 from core.model import MultiTaskModel
 from core.store import (
     CHECKPOINT_MANIFEST,
+    TOKENIZER_DIR,
     TRAIN_STATE_FILE,
     UNIT_FILE_RE,
     WEIGHTS_FILE,
@@ -54,7 +55,6 @@ from core.store import (
 FORMAT_VERSION = 1
 LEGACY_TRAIN_TENSORS_FILE = "train_state.safetensors"  # before resume units named their files
 BACKBONE_CONFIG_DIR = "backbone_config"
-TOKENIZER_DIR = "tokenizer"
 TMP_MARK = ".tmp-"  # in the name of anything half-written: removed by the next save
 
 
@@ -176,9 +176,9 @@ def load_model(ckpt_dir: Path, device: str | torch.device = "cpu") -> tuple[Mult
     else:
         config = AutoConfig.from_pretrained(ckpt_dir / BACKBONE_CONFIG_DIR, trust_remote_code=False)
         try:
-            backbone = AutoModel.from_config(config, add_pooling_layer=False)
+            backbone = AutoModel.from_config(config, add_pooling_layer=False, trust_remote_code=False)
         except TypeError:
-            backbone = AutoModel.from_config(config)
+            backbone = AutoModel.from_config(config, trust_remote_code=False)
     if meta.get("lora"):
         from core.strategies import inject_lora
 

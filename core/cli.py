@@ -9,7 +9,18 @@ import os
 import sys
 
 from core.backbones import BUILTIN_BACKBONES
-from core.config import ConfigError, Device, RunConfig, TaskConfig, TaskSampling, choices
+from core.config import (
+    Augment,
+    ClassWeighting,
+    ConfigError,
+    CurriculumTarget,
+    Device,
+    LossWeighting,
+    RunConfig,
+    TaskConfig,
+    TaskSampling,
+    choices,
+)
 from core.errors import FreezeLabError, user_message
 from core.records import RunState, RunSummary
 from core.store import RunRecord, RunStore, default_runs_dir
@@ -30,6 +41,9 @@ CONFIG_OPTIONS = (  # options that set the config key of the same name
     "backbone_learning_rate",
     "max_length",
     "task_sampling",
+    "curriculum_target",
+    "max_task_repeats",
+    "loss_weighting",
     "eval_every_steps",
     "max_eval_examples",
     "seed",
@@ -37,7 +51,19 @@ CONFIG_OPTIONS = (  # options that set the config key of the same name
     "name",
     "init_from",
 )
-TASK_OPTIONS = ("dataset", "name", "text_column", "label_column", "max_train_examples", "loss_weight")
+TASK_OPTIONS = (
+    "dataset",
+    "name",
+    "text_column",
+    "label_column",
+    "max_train_examples",
+    "loss_weight",
+    "class_weighting",
+    "class_balanced_sampling",
+    "class_ratio",
+    "augment",
+    "augment_copies",
+)
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -55,6 +81,23 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--task-{t}-label-column", dest=f"task_{t}_label_column")
         p.add_argument(f"--task-{t}-max-train-examples", dest=f"task_{t}_max_train_examples", type=int)
         p.add_argument(f"--task-{t}-loss-weight", dest=f"task_{t}_loss_weight", type=float)
+        p.add_argument(
+            f"--task-{t}-class-weighting", dest=f"task_{t}_class_weighting", choices=choices(ClassWeighting),
+            help="class weights in the cross-entropy: inverse frequency or effective number (Cui et al. 2019)",
+        )  # fmt: skip
+        p.add_argument(
+            f"--task-{t}-class-balanced", dest=f"task_{t}_class_balanced_sampling", action="store_true", default=None,
+            help="draw every class equally often in this task's batches",
+        )  # fmt: skip
+        p.add_argument(
+            f"--task-{t}-class-ratio", dest=f"task_{t}_class_ratio", metavar="CLASS=FRACTION,...",
+            help="keep this fraction of a class in the TRAINING split only, e.g. negative=0.1",
+        )  # fmt: skip
+        p.add_argument(
+            f"--task-{t}-augment", dest=f"task_{t}_augment", choices=choices(Augment),
+            help="augmented copies of the training split: eda (word edits), embedding (neighbour words), both",
+        )  # fmt: skip
+        p.add_argument(f"--task-{t}-augment-copies", dest=f"task_{t}_augment_copies", type=int)
     p.add_argument("--tasks", choices=["both", "a", "b"], help="train both tasks (default), or task A or B alone")
     p.add_argument("--max-train-examples", type=int, help="cap the training examples of every task")
     p.add_argument("--epochs", type=float)
@@ -64,6 +107,11 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-lr", dest="backbone_learning_rate", type=float)
     p.add_argument("--max-length", type=int)
     p.add_argument("--task-sampling", choices=choices(TaskSampling))
+    p.add_argument(
+        "--curriculum-target", choices=choices(CurriculumTarget), help="where --task-sampling curriculum ends"
+    )
+    p.add_argument("--max-task-repeats", type=float, help="at most this many passes over a task's data (UniMax)")
+    p.add_argument("--loss-weighting", choices=choices(LossWeighting))
     p.add_argument("--eval-every-steps", type=int)
     p.add_argument("--max-eval-examples", type=int)
     p.add_argument("--seed", type=int)
@@ -103,6 +151,8 @@ def _tasks_from_args(args: argparse.Namespace, tasks: list[TaskConfig]) -> list[
         task = tasks[i]
         for field in TASK_OPTIONS:
             value = getattr(args, f"task_{t}" if field == "dataset" else f"task_{t}_{field}")
+            if value is not None and field == "class_ratio":
+                value = _class_ratio(value, f"--task-{t}-class-ratio")
             if value is not None:
                 setattr(task, field, value)
         if args.max_train_examples is not None and getattr(args, f"task_{t}_max_train_examples") is None:
@@ -110,6 +160,16 @@ def _tasks_from_args(args: argparse.Namespace, tasks: list[TaskConfig]) -> list[
     if args.tasks in ("a", "b"):
         tasks = tasks[:1] if args.tasks == "a" else tasks[1:2]
     return tasks
+
+
+def _class_ratio(text: str, option: str) -> dict[str, float] | None:
+    """``negative=0.1``; the class names are checked against the dataset's labels when the data loads."""
+    from core.imbalance import ClassRatioError, parse_class_ratio  # imports torch: only when the option is used
+
+    try:
+        return parse_class_ratio(text) or None
+    except ClassRatioError as exc:
+        raise ConfigError(f"{option} {text!r}: {exc}") from None
 
 
 def _set_options(items: list[str]) -> dict:
@@ -180,10 +240,11 @@ def cmd_backbones(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from core.jobs import check_runnable
     from core.train import train_run
 
     store = _store(args)
-    cfg = config_from_args(args, store)
+    cfg = check_runnable(store, config_from_args(args, store))
     run_id = store.create_run(cfg)
     print(f"training {run_id} ({cfg.strategy}, {cfg.backbone}); log: {store.log_path(run_id)}", file=sys.stderr)
     state = train_run(store, run_id, show_progress=True)
@@ -215,13 +276,14 @@ def cmd_submit(args) -> None:
 
     store = _store(args)
     cfg = config_from_args(args, store)
-    if args.concurrency:
+    if args.concurrency is not None:
         jobs.set_concurrency(store, args.concurrency)
     print(jobs.submit(store, cfg, backend=args.backend, address=args.address))
 
 
 def cmd_sweep(args) -> None:
     from core import jobs
+    from core.sweeps import parse_vary
 
     store = _store(args)
     base = config_from_args(args, store)
@@ -229,7 +291,7 @@ def cmd_sweep(args) -> None:
     for s in strategies:
         if s not in STRATEGIES:
             raise ConfigError(f"--strategies: {s!r} is unknown; choose from {', '.join(STRATEGIES)} or all.")
-    if args.concurrency:
+    if args.concurrency is not None:
         jobs.set_concurrency(store, args.concurrency)
     sweep_id, run_ids = jobs.sweep(
         store,
@@ -241,6 +303,7 @@ def cmd_sweep(args) -> None:
         backend=args.backend,
         address=args.address,
         separate_models=args.separate_models,
+        vary=parse_vary(args.vary),
     )
     print(f"sweep {sweep_id}: {len(run_ids)} runs queued", file=sys.stderr)
     print("\n".join(run_ids))
@@ -309,7 +372,7 @@ def cmd_runner(args) -> int:
     from core import jobs
 
     store = _store(args)
-    if args.concurrency:
+    if args.concurrency is not None:
         jobs.set_concurrency(store, args.concurrency)
     return jobs.Runner(store, idle_exit_seconds=args.idle_exit, grace_seconds=args.grace).serve(args.lock_fd)
 
@@ -503,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also train each task alone with the same settings, to compare with multi-task",
             )
+            p.add_argument(
+                "--vary", action="append", default=[], metavar="KEY=V1,V2",
+                help="one more grid dimension (repeatable): a config key or task_a.FIELD / task_b.FIELD, "
+                "e.g. --vary loss_weighting=fixed,uncertainty --vary task_b.class_ratio='{\"negative\":0.1}'",
+            )  # fmt: skip
         p.set_defaults(func=func)
     p = sub.add_parser("separate-report", help="multi-task against separate models (from a --separate-models sweep)")
     p.add_argument("sweep", nargs="?", default="", help="sweep id (default: all runs)")
@@ -529,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=10.0, help="seconds between stop flag, SIGTERM and SIGKILL")
     p.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_runner)
+    from core.cli_study import add_study_parser
+
+    add_study_parser(sub, add_config_options)
     p = sub.add_parser("_work")  # one run in this process; what the runner starts
     p.add_argument("run")
     p.add_argument("--resume", action="store_true")

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,10 @@ class TaskConfig:
     augment_alpha: float = 0.1  # share of words changed per copy
 
     def validate(self, prefix: str) -> None:
+        check_types(self, f"{prefix}.")
+        for column in ("text_column", "label_column"):
+            if not getattr(self, column).strip():
+                raise ConfigError(f"{prefix}.{column} is empty: give the name of a column of the dataset.")
         if not self.name or not self.name.replace("_", "").isalnum():
             raise ConfigError(f"{prefix}.name={self.name!r}: use letters, digits and '_' only (e.g. 'topic').")
         if not self.dataset:
@@ -179,10 +184,22 @@ class RunConfig:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.tasks = [t if isinstance(t, TaskConfig) else TaskConfig(**t) for t in self.tasks]
+        if isinstance(self.tasks, list):  # anything else is reported by validate(), naming the field
+            self.tasks = [_task(i, t) for i, t in enumerate(self.tasks)]
 
     # -- validation -------------------------------------------------------------------------------
     def validate(self) -> RunConfig:
+        check_types(self)  # first: every check below may then trust the types
+        for name in ("seed", "split_seed"):
+            _check_range(name, getattr(self, name), 0, MAX_SEED, hint="a whole number")
+        if self.freeze_layers is not None:
+            _check_range("freeze_layers", self.freeze_layers, 0, 1000, hint="layers to freeze from the bottom")
+        if not self.backbone.strip():
+            raise ConfigError(
+                "backbone is empty: use minilm-l6 (default), minilm-l6:K, minilm-l6-scratch, a folder or a hub id."
+            )
+        if self.init_from is not None and not RUN_ID_RE.fullmatch(self.init_from):
+            raise ConfigError(f"init_from={self.init_from!r}: give the id of a run, as `python -m core runs` lists it.")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy={self.strategy!r} is unknown; choose one of: {', '.join(STRATEGIES)}.")
         STRATEGIES[self.strategy].validate_config(self)
@@ -190,11 +207,11 @@ class RunConfig:
             raise ConfigError(f"pooling={self.pooling!r}: choose one of {', '.join(choices(Pooling))}.")
         if not self.tasks:
             raise ConfigError("tasks is empty: give at least one task (e.g. topic on bbc_topics).")
+        for i, task in enumerate(self.tasks):
+            task.validate(f"tasks[{i}]")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks have duplicate names {names}: each task needs its own name.")
-        for i, task in enumerate(self.tasks):
-            task.validate(f"tasks[{i}]")
         _check_range("epochs", self.epochs, 0.01, 1000)
         if self.max_steps is not None:
             _check_range("max_steps", self.max_steps, 1, 10_000_000)
@@ -283,6 +300,96 @@ def group_key_of(config: dict[str, Any]) -> str:
     """The config without seed, name, tags and sweep id: runs sharing it differ only by seed."""
     rest = {k: v for k, v in config.items() if k not in ("seed", "name", "tags", "sweep_id")}
     return json.dumps(rest, sort_keys=True, default=str)
+
+
+MAX_SEED = 2**32 - 1  # what NumPy's seeding accepts
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # as core.store validates run ids
+_TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "str": "text",
+    "bool": "true or false",
+    "list": "a list",
+    "dict": "an object of key: value pairs",
+    "None": "null (unset)",
+}
+_ITEM_TYPES = {"list[str]": str}  # lists whose items are checked too
+
+
+def _task(index: int, value: Any) -> TaskConfig:
+    """One entry of ``tasks`` as a TaskConfig; a ConfigError naming ``tasks[i]`` if it cannot be one."""
+    if isinstance(value, TaskConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"tasks[{index}]={value!r}: each task is an object with a name and a dataset, "
+            'e.g. {"name": "topic", "dataset": "bbc_topics"}.'
+        )
+    known = {f.name for f in dataclasses.fields(TaskConfig)}
+    unknown, missing = sorted(set(value) - known), sorted({"name", "dataset"} - set(value))
+    if unknown or missing:
+        what = f"unknown keys {unknown}" if unknown else f"no {' and no '.join(missing)}"
+        raise ConfigError(f"tasks[{index}] has {what}; a task's keys are: {', '.join(sorted(known))}.")
+    return TaskConfig(**value)
+
+
+def _accepts(kind: str, value: Any) -> bool:
+    if kind == "None":
+        return value is None
+    if isinstance(value, bool):
+        return kind == "bool"
+    if kind == "float":
+        return isinstance(value, (int, float))
+    return isinstance(value, {"int": int, "str": str, "bool": bool, "list": list, "dict": dict}[kind])
+
+
+def check_types(obj: Any, prefix: str = "") -> None:
+    """Every field of a config dataclass holds a value of its annotated type (a JSON file or ``--set`` can
+    put anything there); a ConfigError names the field, the value and the type it needs."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        parts = [part.strip() for part in str(f.type).split("|")]
+        kinds = [part.split("[")[0] for part in parts]
+        ok = any(_accepts(kind, value) for kind in kinds)
+        item = next((_ITEM_TYPES[p] for p in parts if p in _ITEM_TYPES), None)
+        if ok and item is not None and isinstance(value, list) and not all(isinstance(v, item) for v in value):
+            ok = False
+            kinds = [f"list of {_TYPE_WORDS[item.__name__]}"]
+        if not ok:
+            wanted = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
+            raise ConfigError(f"{prefix}{f.name}={value!r} ({type(value).__name__}): use {wanted}.")
+
+
+def positions_limit(backbone_config) -> int | None:
+    """How many tokens the backbone's position embeddings hold (RoBERTa-style models reserve pad + 1)."""
+    limit = getattr(backbone_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(backbone_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (getattr(backbone_config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+def check_against_backbone(cfg: RunConfig, backbone_config=None) -> None:
+    """The checks that need the backbone's config.json (read here unless given): max_length within its
+    position embeddings, freeze_layers within its layers. ConfigError naming the value and the limit."""
+    if backbone_config is None:
+        from core.backbones import load_backbone_config  # reads a small JSON file (imports transformers)
+
+        backbone_config = load_backbone_config(cfg.backbone)
+    limit = positions_limit(backbone_config)
+    if limit is not None and cfg.max_length > limit:
+        raise ConfigError(
+            f"max_length={cfg.max_length} is more than backbone {cfg.backbone!r} can read: its position "
+            f"embeddings hold {limit} tokens. Use max_length <= {limit}."
+        )
+    layers = getattr(backbone_config, "num_hidden_layers", None)
+    if cfg.freeze_layers is not None and isinstance(layers, int) and cfg.freeze_layers > layers:
+        unit = "layer" if layers == 1 else "layers"
+        raise ConfigError(
+            f"freeze_layers={cfg.freeze_layers}: backbone {cfg.backbone!r} has {layers} {unit}; "
+            f"use 0 to {layers} (embeddings plus the bottom k layers are frozen)."
+        )
 
 
 def _check_choice(name: str, value: Any, enum_cls) -> None:

@@ -1,8 +1,8 @@
 """Labelled data for each task: built-in corpora, the user's files, hub datasets; seeded splits.
 
 A dataset spec is one string: a built-in name (see ``BUILTIN_DATASETS``), a path to a ``.csv`` /
-``.jsonl`` / ``.json`` (JSON lines) / ``.parquet`` file, or ``hf:NAME`` for a Hugging Face dataset
-(hub id or local dataset folder). Every source is split here the same way, seeded and stratified,
+``.jsonl`` / ``.json`` (JSON lines) / ``.parquet`` file, or ``hf:NAME`` for a dataset on the Hugging Face
+hub (an id only: never a local path). Every source is split here the same way, seeded and stratified,
 so results are comparable whatever the source.
 """
 
@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -74,20 +75,45 @@ def class_counts(split: Split, label_names: list[str]) -> dict[str, int]:
 def resolve_dataset_kind(dataset: str) -> str:
     if dataset in BUILTIN_DATASETS:
         return "builtin"
+    if dataset.startswith("hf:"):
+        hub_id(dataset)
+        return "hub"
     if Path(dataset).is_file():
         return "file"
-    if dataset.startswith("hf:") and dataset[3:].strip():
-        return "hub"
     lead = (
         f"file {dataset} does not exist"
         if Path(dataset).suffix.lower() in FILE_SUFFIXES
         else f"unknown dataset {dataset!r}"
     )
-    folder = " For a local dataset folder write hf:PATH." if Path(dataset).is_dir() else ""
+    folder = " A folder is not a dataset: give the path of a file inside it." if Path(dataset).is_dir() else ""
     raise DataError(
         f"{lead}: it is not a built-in ({', '.join(BUILTIN_DATASETS)}), not an existing "
         f"{'/'.join(FILE_SUFFIXES)} file (check the path), and hub datasets are written hf:NAME.{folder}"
     )
+
+
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+
+
+def hub_id(spec: str) -> str:
+    """The hub id of an ``hf:`` spec. ``hf:`` never means a local path: the datasets library would read any
+    folder or file it names (and a run would then show its contents), so paths, and ids that happen to
+    name something on this machine, are refused; local data goes through a file path or an upload."""
+    name = spec.removeprefix("hf:").strip()
+    if not name:
+        raise DataError("hf: needs a hub dataset id after it (hf:NAME), e.g. hf:imdb or hf:stanfordnlp/imdb.")
+    local_hint = "for data on this machine, give the path of its .csv/.jsonl/.parquet file (or upload it)"
+    if not HUB_ID_RE.fullmatch(name) or ".." in name:
+        raise DataError(
+            f"hf:{name} is not a Hugging Face hub id: hf: takes an id such as hf:imdb or hf:stanfordnlp/imdb, "
+            f"never a path; {local_hint}."
+        )
+    if Path(name).exists():
+        raise DataError(
+            f"hf:{name} is a hub id, but a local folder or file named {name} exists here and would be read "
+            f"instead of the hub dataset; run from another folder, or {local_hint}."
+        )
+    return name
 
 
 class _Corpus(NamedTuple):
@@ -199,7 +225,19 @@ def _builtin(name: str) -> _Corpus:
 
 
 # -- user files and hub datasets --------------------------------------------------------------------
+MAX_FILE_BYTES = 200 * 1024 * 1024  # the dashboard's upload limit (.streamlit/config.toml maxUploadSize)
+MAX_ROWS = 200_000  # more rows than any run here trains on: a larger file is sampled (the same rows every time)
+
+
+class DataWarning(UserWarning):
+    """Data that is used, but not as it is (e.g. a sample of a very large file)."""
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
+    """A user's data file as a DataFrame; DataError saying what is wrong with it and how to fix it.
+
+    A file of more than MAX_ROWS rows is sampled to MAX_ROWS (seeded: the same rows every time); the
+    frame's ``attrs["note"]`` says so, and a DataWarning is issued with the same words."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file {path} does not exist: check the path, or upload the file again.")
@@ -210,22 +248,55 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"{', '.join(FILE_SUFFIXES)} (.json means JSON lines). Save it in one of those formats."
         )
     no_rows = f"file {path.name} is empty (no rows): it needs a header/column names and some rows."
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise DataError(no_rows)
+    if size > MAX_FILE_BYTES:
+        raise DataError(
+            f"file {path.name} is larger than {MAX_FILE_BYTES // 2**20} MB ({size / 2**20:,.0f} MB): keep the "
+            f"columns you need and at most {MAX_ROWS:,} rows, then load it again."
+        )
     try:
         df = _read_by_suffix(path, suffix)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"file {path.name} is not valid UTF-8 text (byte offset {exc.start}): re-save it as UTF-8 "
-            "(e.g. 'CSV UTF-8' in Excel, or encoding='utf-8' in pandas) and load it again."
-        ) from None
+    except UnicodeDecodeError:
+        raise DataError(_encoding_error(path)) from None
     except pd.errors.EmptyDataError:
         raise DataError(no_rows) from None
     except Exception as exc:  # pandas/pyarrow raise many types for a malformed file; all mean the same to the user
         raise DataError(_parse_error(path, suffix, exc)) from None
     if df.empty:
         raise DataError(no_rows)
+    if len(df) > MAX_ROWS:
+        note = (
+            f"file {path.name} has {len(df):,} rows: a fixed random sample of {MAX_ROWS:,} is used (the same rows "
+            "every time). To choose the rows yourself, save a smaller file."
+        )
+        df = df.sample(n=MAX_ROWS, random_state=0).sort_index().reset_index(drop=True)
+        df.attrs["note"] = note
+        warnings.warn(note, DataWarning, stacklevel=2)
     return df
+
+
+def _encoding_error(path: Path) -> str:
+    """Where a file stops being UTF-8: the byte offset and line in the whole file (pandas decodes in chunks
+    and reports offsets inside a chunk), and what the file seems to be instead."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        where = f" at byte {exc.start:,} (line {line:,}: {data[exc.start : exc.start + 1]!r})"
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        seems = "it is UTF-16 text"
+    elif b"\x00" in data[:8192]:
+        seems = "it looks like a binary file, not text (was another kind of file renamed?)"
+    else:
+        seems = "it looks like Latin-1 / Windows-1252 text"
+    return (
+        f"file {path.name} is not valid UTF-8 text{where}; {seems}. Re-save it as UTF-8 "
+        "(e.g. 'CSV UTF-8' in Excel, or encoding='utf-8' in pandas) and load it again."
+    )
 
 
 def _read_by_suffix(path: Path, suffix: str) -> pd.DataFrame:
@@ -252,12 +323,13 @@ def _parse_error(path: Path, suffix: str, exc: Exception) -> str:
 def preview_file(path: str | Path, n: int = 5) -> dict:
     df = read_table(path)
     rows = json.loads(df.head(n).to_json(orient="records", date_format="iso", default_handler=str))
-    return {"columns": [str(c) for c in df.columns], "rows": rows, "n_rows": len(df)}
+    return {"columns": [str(c) for c in df.columns], "rows": rows, "n_rows": len(df), "note": df.attrs.get("note")}
 
 
 def _hub_table(name: str, label_column: str) -> pd.DataFrame:
     import datasets  # slow import: only for hf: specs
 
+    name = hub_id(f"hf:{name}")  # checked again here: this process may run in another folder
     datasets.disable_progress_bars()
     try:
         loaded = datasets.load_dataset(name)

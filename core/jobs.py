@@ -1,7 +1,8 @@
 """Background jobs, as the CLI and the dashboard use them: submit, sweep, cancel, resume, and queue queries.
 
-* ``submit`` writes a run folder in state queued and makes sure a runner serves the directory; it
-  returns at once. ``sweep`` does the same for a grid of configs sharing one sweep id.
+* ``submit`` checks what can be known before training (``check_runnable``: the config, its values
+  against the backbone, the datasets, the run it starts from), writes a run folder in state queued and
+  makes sure a runner serves the directory; it returns at once. ``sweep`` does the same for a grid of configs sharing one sweep id.
 * ``cancel`` drops a queued run, or asks a running one to stop: the stop flag is checked every step,
   then SIGTERM, then SIGKILL after a grace period each (one path, core/supervise.py).
 * ``resume`` queues a stopped or failed run to continue from its last checkpoint.
@@ -13,9 +14,10 @@ Ray. This module only ties them together; the names below are its public surface
 
 from __future__ import annotations
 
+import functools
 import time
 
-from core.config import RunConfig
+from core.config import RunConfig, check_against_backbone
 from core.errors import JobError, TransitionError
 from core.records import RecordError, RunState, RunStatus
 from core.runner import (
@@ -35,6 +37,7 @@ __all__ = [
     "BACKENDS",
     "Runner",
     "cancel",
+    "check_runnable",
     "ensure_runner",
     "get_concurrency",
     "process_alive",
@@ -64,6 +67,35 @@ def submit(
     """Queue one run; returns its id at once (a runner trains it)."""
     if backend not in BACKENDS:
         raise JobError(f"backend={backend!r}: choose {' or '.join(BACKENDS)}.")
+    check_runnable(store, cfg)
+    return _queue(store, cfg, backend=backend, address=address, start_runner=start_runner, run_id=run_id)
+
+
+def check_runnable(store: RunStore, cfg: RunConfig) -> RunConfig:
+    """Everything that can be checked before a run is queued, so a mistake is said now, not by a failed run:
+    the config, max_length and freeze_layers against the backbone, each dataset (a file exists, an hf: id
+    is a hub id), and the run it starts from. Raises the FreezeLabError that names the problem."""
+    from core.data import resolve_dataset_kind  # imports pandas: only when something is queued
+
+    cfg.validate()
+    check_against_backbone(cfg, _backbone_config(cfg.backbone))
+    for task in cfg.tasks:
+        resolve_dataset_kind(task.dataset)
+    if cfg.init_from:
+        store.existing_path(cfg.init_from)
+    return cfg
+
+
+@functools.lru_cache(maxsize=32)
+def _backbone_config(spec: str):
+    from core.backbones import load_backbone_config  # imports transformers; reads one small JSON file
+
+    return load_backbone_config(spec)
+
+
+def _queue(
+    store: RunStore, cfg: RunConfig, *, backend: str, address: str | None, start_runner: bool, run_id: str | None
+) -> str:
     run_id = store.create_run(cfg, run_id=run_id, backend=backend, ray_address=address, queued_at=time.time())
     if start_runner:
         ensure_runner(store)
@@ -82,8 +114,10 @@ def sweep(
     address: str | None = None,
     start_runner: bool = True,
     separate_models: bool = False,
+    vary: dict[str, list] | None = None,
 ) -> tuple[str, list[str]]:
-    """Queue strategies x seeds (x backbones x freeze depths) sharing one sweep id (see core/sweeps.py).
+    """Queue strategies x seeds (x backbones x freeze depths x ``vary`` values) sharing one sweep id
+    (see core/sweeps.py).
 
     Every config is validated before any run is queued. Returns the sweep id and the run ids."""
     sweep_id = new_sweep_id()
@@ -95,9 +129,14 @@ def sweep(
         backbones=backbones,
         freeze_layers=freeze_layers,
         separate_models=separate_models,
+        vary=vary,
     )
+    if backend not in BACKENDS:
+        raise JobError(f"backend={backend!r}: choose {' or '.join(BACKENDS)}.")
+    for cfg in configs:  # all of them before any is queued
+        check_runnable(store, cfg)
     run_ids = [
-        submit(store, cfg, backend=backend, address=address, start_runner=False, run_id=sweep_run_id(sweep_id, i, cfg))
+        _queue(store, cfg, backend=backend, address=address, start_runner=False, run_id=sweep_run_id(sweep_id, i, cfg))
         for i, cfg in enumerate(configs)
     ]
     if start_runner:
@@ -150,6 +189,11 @@ def resume(store: RunStore, run_id: str, start_runner: bool = True) -> str:
     if state not in (RunState.STOPPED, RunState.FAILED):
         raise JobError(f"run {run_id} is {state}: only stopped or failed runs can be resumed.")
     has_state = store.has_train_state(run_id)
+    if has_state and (problem := store.checkpoint_problem(run_id)):
+        raise JobError(
+            f"run {run_id} cannot be resumed: its checkpoint is damaged ({problem}). Resuming from it could train "
+            f"on a mismatch, so it is refused; delete {store.checkpoint_dir(run_id)} and resume to start it again."
+        )
     if not has_state:
         store.clear_results(run_id)  # nothing to continue from: start over, one clean history
     store.clear_stop(run_id)

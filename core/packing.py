@@ -141,7 +141,9 @@ def pack(
             rows[i], starts[i] = r, col
             col += n
     same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-    mask = np.where(same, 0.0, torch.finfo(mask_dtype).min).astype(np.float32)
+    # float32 holds finfo(float16/bfloat16).min exactly; float64 needs its own.
+    np_dtype = np.float64 if mask_dtype == torch.float64 else np.float32
+    mask = np.where(same, 0.0, torch.finfo(mask_dtype).min).astype(np_dtype)
     return Packed(
         input_ids=torch.from_numpy(input_ids),
         position_ids=torch.from_numpy(position_ids),

@@ -2,7 +2,11 @@
 
 * It holds an exclusive lock on ``<runs>/.runner.lock``, so only one serves a directory; it is started
   detached (its own session) by ``ensure_runner`` and survives its caller, and it exits after a while
-  with nothing to do (the next submit starts a new one).
+  with nothing to do (the next submit starts a new one). A submit writes its run before it looks for a
+  runner, and an idle runner looks at the queue once more after releasing the lock: a submit that
+  lands while a runner exits is served by one or the other, never by none.
+* A write that fails (disk full, read-only folder) never ends the runner: the tick is retried, and a run
+  whose worker cannot be started fails with the reason.
 * Every tick it writes a heartbeat (``.runner.json``), reaps the processes that ended, marks runs whose
   process died as failed (core/supervise.py), escalates stops, and starts queued runs: as local worker
   processes (``python -m core _work RUN``), at most ``concurrency`` at once, or as Ray tasks.
@@ -23,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import ConfigError, TransitionError
+from core.errors import ConfigError, FreezeLabError, TransitionError
 from core.ray_backend import RayBackend
 from core.records import RecordError, RunState, RunStatus
 from core.store import RunStore, read_json, write_json_atomic
@@ -132,6 +136,14 @@ def ensure_runner(store: RunStore, concurrency: int | None = None) -> bool:
 
 
 # -- the runner loop -------------------------------------------------------------------------------------
+def log(message: str) -> None:
+    """A line in runner.log (the runner's stderr); on a full disk it is dropped, never raised."""
+    try:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runner {os.getpid()}: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 @dataclass
 class Job:
     """A run this runner started: a local worker process or a Ray task."""
@@ -160,6 +172,7 @@ class Runner:
         self.store, self.idle_exit_seconds, self.grace_seconds = store, idle_exit_seconds, grace_seconds
         self.jobs: dict[str, Job] = {}
         self.ray = RayBackend()
+        self._serving = False  # holds the lock and owns the heartbeat file
 
     def serve(self, lock_fd: int | None = None) -> int:
         """Serve the queue until idle. ``lock_fd``: a lock already taken for us by ensure_runner."""
@@ -172,28 +185,57 @@ class Runner:
             return 0  # another runner serves this directory
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         idle_since = time.time()
+        self._serving = True
         try:
             while True:
-                self.tick()
+                self._tick_safely()
                 if self.jobs or queued_runs(self.store):
                     idle_since = time.time()
                 elif time.time() - idle_since > self.idle_exit_seconds:
-                    return 0
+                    if self._leave(lock_fd):
+                        return 0
+                    idle_since = time.time()
                 time.sleep(POLL_SECONDS)
         finally:
-            (self.store.root / RUNNER_INFO_FILE).unlink(missing_ok=True)
+            if self._serving:  # never remove the heartbeat of a runner that took over
+                (self.store.root / RUNNER_INFO_FILE).unlink(missing_ok=True)
+
+    def _leave(self, lock_fd: int) -> bool:
+        """Exit idle, or not: after the lock is released, a run queued meanwhile (by a submit that saw the lock
+        taken, so started no runner) is served by taking the lock back; if another runner took it, that one
+        serves. True: this runner may exit."""
+        (self.store.root / RUNNER_INFO_FILE).unlink(missing_ok=True)
+        self._serving = False
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        if not queued_runs(self.store):
+            return True
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True  # a runner started since serves the queue
+        self._serving = True
+        log("a run was queued as this runner was leaving: serving it")
+        return False
+
+    def _tick_safely(self) -> None:
+        """One tick; a write that fails (disk full...) or a run folder that vanished ends the tick, not the runner."""
+        try:
+            self.tick()
+        except (OSError, FreezeLabError) as exc:
+            log(f"tick interrupted: {exc}")
 
     def tick(self) -> None:
-        write_json_atomic(
-            self.store.root / RUNNER_INFO_FILE,
-            {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "heartbeat": time.time(),
-                "concurrency": get_concurrency(self.store),
-                "running": sorted(self.jobs),
-            },
-        )
+        heartbeat = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "heartbeat": time.time(),
+            "concurrency": get_concurrency(self.store),
+            "running": sorted(self.jobs),
+        }
+        try:
+            write_json_atomic(self.store.root / RUNNER_INFO_FILE, heartbeat)
+        except OSError as exc:  # the lock still says a runner serves: go on with the tick
+            log(f"heartbeat not written: {exc}")
         self._reap()
         reconcile(self.store, skip=set(self.jobs))
         orphans = running_elsewhere(self.store, skip=set(self.jobs))  # e.g. workers of a runner that was killed
@@ -211,11 +253,37 @@ class Runner:
                 except TransitionError:  # it left the queue since we listed it
                     pass
                 continue
+            if not self._source_ready(run_id):  # starts from another run's weights: wait until that one completed
+                continue
             local_running = sum(1 for j in self.jobs.values() if j.proc is not None) + len(orphans)
-            if status.backend == "ray":
-                self._start_ray(run_id, status)
-            elif local_running < get_concurrency(self.store):
-                self._start_local(run_id, bool(status.resume))
+            try:
+                if status.backend == "ray":
+                    self._start_ray(run_id, status)
+                elif local_running < get_concurrency(self.store):
+                    self._start_local(run_id, bool(status.resume))
+            except (OSError, FreezeLabError) as exc:  # this run cannot start; the others still may
+                self._fail_unstarted(run_id, f"its training could not be started: {exc}")
+
+    def _source_ready(self, run_id: str) -> bool:
+        """A run with ``init_from`` waits while its source run is queued, running, stopped or failed (a study may
+        resume the source); it fails with the reason if the source is gone."""
+        try:
+            source = self.store.read_config(run_id).init_from
+        except FreezeLabError:
+            return True  # the worker reports a bad config itself
+        if not source:
+            return True
+        if not self.store.exists(source):
+            try:
+                self.store.transition(run_id, RunState.RUNNING, expect={RunState.QUEUED})
+                self.store.transition(
+                    run_id, RunState.FAILED, finished_at=time.time(),
+                    error=f"it starts from run {source}, which no longer exists; restore it or queue a new run.",
+                )  # fmt: skip
+            except TransitionError:
+                pass
+            return False
+        return self.store.state(source) == RunState.COMPLETED
 
     def _claim(self, run_id: str) -> bool:
         """queued -> running, ours; False if the run left the queue since it was listed (cancelled)."""
@@ -226,6 +294,22 @@ class Runner:
             return True
         except TransitionError:
             return False
+
+    def _fail_unstarted(self, run_id: str, reason: str) -> None:
+        """A run this runner claimed (or tried to) but could not start: failed, with the reason, if it is ours."""
+        log(f"{run_id}: {reason}")
+        try:
+            status = self.store.read_status(run_id)
+            if status.state == RunState.RUNNING and status.pid is None and status.started_by_runner == os.getpid():
+                self.store.transition(
+                    run_id,
+                    RunState.FAILED,
+                    expect={RunState.RUNNING},
+                    finished_at=time.time(),
+                    error=f"{reason}; `python -m core resume {run_id}` tries again.",
+                )
+        except (OSError, FreezeLabError, RecordError) as exc:  # nothing can be written now: reconcile will
+            log(f"{run_id}: could not record that: {exc}")
 
     def _start_local(self, run_id: str, resume: bool) -> None:
         cmd = [sys.executable, "-m", "core", "--runs-dir", str(self.store.root.resolve()), "_work", run_id]

@@ -25,6 +25,7 @@ fails (disk full, read-only folder) raises StorageError naming the file, never a
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -58,6 +59,7 @@ META_FILE = "meta.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_MANIFEST = "checkpoint.json"  # written last inside checkpoint/: its presence means weights exist
 WEIGHTS_FILE = "model.safetensors"  # inside checkpoint/: the weights the manifest describes
+TOKENIZER_DIR = "tokenizer"  # inside checkpoint/
 TRAIN_STATE_FILE = "train_state.json"  # inside checkpoint/: what resume needs, written last of its unit
 INT8_FILE = "int8.json"
 TEST_PREDICTIONS_FILE = "test_predictions.json"
@@ -195,6 +197,24 @@ def _read_json_strict(path: Path) -> Any:
         raise RecordError(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
+def _config_problem(config: dict) -> str | None:
+    """What makes a run's config.json unreadable as a config: a value of the wrong type (an old run's unknown
+    keys and out-of-date ranges are not problems: they describe how it was trained)."""
+    from core.config import check_types
+
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    try:
+        cfg = RunConfig(**{k: v for k, v in config.items() if k in known})
+        check_types(cfg)
+        for i, task in enumerate(cfg.tasks if isinstance(cfg.tasks, list) else []):
+            check_types(task, f"tasks[{i}].")
+    except ConfigError as exc:
+        return str(exc)
+    except TypeError as exc:
+        return f"does not have the shape of a config ({exc})"
+    return None
+
+
 def slugify(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
     return slug[:limit].strip("-")
@@ -275,9 +295,14 @@ class RunStore:
         return self.path(run_id) / CHECKPOINT_DIR
 
     def has_checkpoint(self, run_id: str) -> bool:
-        """Its weights exist and are whole (a truncated or missing weights file does not count)."""
+        """It has weights that can predict: a manifest, whole weights and a tokenizer (its training state may
+        be damaged: that only stops a resume)."""
         ckpt = self.checkpoint_dir(run_id)
-        return (ckpt / CHECKPOINT_MANIFEST).is_file() and safetensors_header(ckpt / WEIGHTS_FILE)[1] is None
+        return (
+            (ckpt / CHECKPOINT_MANIFEST).is_file()
+            and (ckpt / TOKENIZER_DIR).is_dir()
+            and safetensors_header(ckpt / WEIGHTS_FILE)[1] is None
+        )
 
     def checkpoint_problem(self, run_id: str) -> str | None:
         """Why the run's checkpoint cannot be used (a missing, truncated or unreadable file), or None.
@@ -289,6 +314,8 @@ class RunStore:
             return None
         problems = [] if isinstance(manifest, dict) else [f"{CHECKPOINT_MANIFEST} {manifest}"]
         problems.append(safetensors_header(ckpt / WEIGHTS_FILE)[1])
+        if not (ckpt / TOKENIZER_DIR).is_dir():
+            problems.append(f"{TOKENIZER_DIR}/ is missing")
         state = _read_json_or_problem(ckpt / TRAIN_STATE_FILE)
         if isinstance(state, dict):
             files = [state.get(k) for k in ("weights_file", "tensors_file")] if "tensors_file" in state else []
@@ -523,6 +550,9 @@ class RunStore:
         config = read_json(path / CONFIG_FILE)
         if isinstance(config, dict):
             record.config = config
+            if problem := _config_problem(config):
+                problems.append(f"config.json {problem}")
+                record.config = {k: v for k, v in config.items() if _config_problem({k: v}) is None}
         else:
             problems.append("config.json is not a JSON object")
         for load, attr in ((self.read_status, "status"), (self.read_summary, "summary"), (self.read_meta, "meta")):

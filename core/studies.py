@@ -386,7 +386,7 @@ def create_study(
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold={threshold}: give a practical difference between 0 and 1 (0.01 = 1 point).")
     study = Study(
-        id=new_study_id(name or (designs[0] if designs and len(designs) == 1 else "all-questions")),
+        id=new_study_id(name or _default_name(designs, custom_factors)),
         name=name or ("custom" if custom_factors else ", ".join(designs or [])),
         designs=designs or [],
         scale=scale,
@@ -399,6 +399,14 @@ def create_study(
     plan(study.design_objects(), base, study.seeds)  # every config valid before anything is stored
     store.write_study(study.id, study.to_dict())
     return study
+
+
+def _default_name(designs: list[str] | None, custom_factors) -> str:
+    if custom_factors:
+        return "custom"
+    if designs and set(designs) == set(QUESTIONS):
+        return "all-questions"
+    return "-".join(designs or []) or "study"
 
 
 def load_study(store: RunStore, study_id: str) -> Study:
@@ -418,11 +426,16 @@ def launch(store: RunStore, study: Study, *, start_runner: bool = True) -> list[
             p.run_id, p.action = rid, "reuse"
     match_existing(store, [p for p in planned if p.run_id is None])
     placed: dict[tuple[str, str, int], str] = {}
+    same: dict[str, str] = {}  # run_key -> run id placed in this launch: designs share identical cells
     for p in planned:
         if p.start_from and p.run_id is None:
             source = placed.get((*p.start_from, p.seed))
             p.config = dataclasses.replace(p.config, init_from=source)
-            match_existing(store, [dataclasses.replace(p, start_from=None)])
+            probe = dataclasses.replace(p, start_from=None)
+            match_existing(store, [probe])
+            p.run_id, p.action = probe.run_id, probe.action
+        if p.run_id is None and run_key(p.config) in same:
+            p.run_id, p.action = same[run_key(p.config)], "reuse"
         if p.run_id is None:
             name = slugify(f"{study.name}-{p.design}-{p.cell}-s{p.seed}", 90)
             cfg = dataclasses.replace(p.config, name=name, tags=sorted({*p.config.tags, f"study:{study.id}"}))
@@ -434,6 +447,7 @@ def launch(store: RunStore, study: Study, *, start_runner: bool = True) -> list[
                 jobs.resume(store, p.run_id, start_runner=False)
                 p.action = "resume"
         placed[(p.design, p.cell, p.seed)] = p.run_id
+        same.setdefault(run_key(p.config), p.run_id)
     study.runs = [
         {"design": p.design, "cell": p.cell, "seed": p.seed, "run_id": p.run_id, "action": p.action} for p in planned
     ]
@@ -502,7 +516,12 @@ def estimate(store: RunStore, planned: list[PlannedRun]) -> dict[str, Any]:
             rates.setdefault(_cost_class(cfg), []).append(max(0.0, s.wall_seconds - 10) / n / depth)
             overheads.append(min(s.wall_seconds, 30.0))
     per_design: dict[str, float] = {}
-    todo = [p for p in planned if p.action in ("new", "resume")]
+    todo, seen = [], set()
+    for p in planned:  # identical cells of different designs train once
+        key = run_key(p.config) + f"|{p.start_from}"
+        if p.action in ("new", "resume") and key not in seen:
+            seen.add(key)
+            todo.append(p)
     warm = set(cached)
     for p in todo:
         cls = _cost_class(p.config)

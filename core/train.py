@@ -3,16 +3,26 @@
 ``train_run(store, run_id)`` is the whole life of a run inside its worker process:
 
     train_run         the run becomes running; it becomes stopped or failed here if a signal or an error ends it
-      Trainer(...)    setup, complete when it returns: config, device and seeds, data, model (build_model),
-                      strategy, step plan, frozen-layer caches, optimizer, and on resume the checkpoint
-      .run()          the loop: stop check, next batch, unfreeze stage, step, log, evaluate, checkpoint,
-                      progress; then the ending: test metrics, final checkpoint, summary.json, completed
+      Trainer(...)    setup, complete when it returns: config, device and seeds, data (class_ratio on the
+                      training split), model (build_model), augmented training copies, tokens (each a
+                      ``progress.phase`` in status.json), strategy, step plan, loss (class and task weights),
+                      frozen-layer caches, optimizer, and on resume the checkpoint
+      .run()          the loop: stop check, next batch, unfreeze stage, step, log, evaluate (and maybe stop
+                      early), checkpoint, progress; then the ending: test metrics and predictions, final
+                      checkpoint, summary.json, completed
                       (or, after a STOP flag: a checkpoint to resume from, summary.json, stopped)
 
-``resume=True`` continues from the last checkpoint: weights, optimizer, scheduler and RNG come back, the
-metrics logged after it are dropped, and the deterministic batch schedule (core.batching) skips what was
-already done, so the curves continue without gap or repeat. Time and token counts live in a
+``resume=True`` continues from the last checkpoint: weights, optimizer, scheduler, RNG and learned loss weights
+come back, the metrics logged after it are dropped, and the deterministic batch schedule (core.batching) skips
+what was already done, so the curves continue without gap or repeat. Time and token counts live in a
 ``core.meter.Meter``; summary.json is ``core.summary.summarize`` of the run's results.
+
+Metrics records (metrics.jsonl), each with step, epoch and wall_seconds:
+    eval          split (validation, or train: the fixed training sample), task, loss, accuracy, macro_f1,
+                  balanced_accuracy, recall {label: value}
+    train         task, mean loss of the window, lr           throughput   examples and tokens per second
+    unfreeze      gradual_unfreeze's stages                   schedule     curriculum: weights {task: value}
+    loss_weights  inverse_size / uncertainty: task, weight (and log_variance when learned)
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import plotly.express as px
@@ -39,10 +41,18 @@ def get_store() -> RunStore:
 def guarded(page):
     """Run a page; any error becomes a readable message on the page (core.errors.user_message), never a traceback."""
 
+    source = f"pages/{Path(inspect.getfile(page)).name}"
+
     @functools.wraps(page)
     def wrapper(*args, **kwargs):
         if not st.session_state.get("freezelab_router"):
-            st.switch_page("app.py")  # reached as a legacy page: go through the router (st.navigation)
+            # Reached as a legacy page (a link opened on a fresh server): go through the router (st.navigation),
+            # then come back here with the link's query (a shared ?run=... must survive the detour).
+            st.session_state["freezelab_return"] = (source, st.query_params.to_dict())
+            st.switch_page("app.py")
+        back = st.session_state.pop("freezelab_return", None)
+        if back is not None and back[0] != source:
+            st.switch_page(back[0], query_params=back[1])
         try:
             return page(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for the UI

@@ -130,7 +130,9 @@ def cost_chart(part: pd.DataFrame, x: str, title: str, log_x: bool = False) -> g
         title=title,
         height=360,
         margin=dict(l=0, r=0, t=40, b=0),
-        xaxis=dict(title=dict(text=title.split(" against ")[-1]), type="log" if log_x else "linear"),
+        xaxis=dict(
+            title=dict(text=title.split(" against ")[-1]), type="log" if log_x else "linear", rangemode="nonnegative"
+        ),
         yaxis=dict(title=dict(text="test accuracy (95% interval)"), range=accuracy_range(lows, highs)),
     )
     return fig

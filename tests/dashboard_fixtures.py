@@ -300,5 +300,8 @@ def live_run(store: RunStore, cfg: RunConfig, worker: psutil.Popen, progress: Pr
 
 
 def stop_stand_in(worker: psutil.Popen) -> None:
-    worker.kill()
+    try:
+        worker.kill()
+    except (psutil.NoSuchProcess, ProcessLookupError):  # the teardown helpers may have killed it already
+        pass
     worker.wait(timeout=10)

@@ -82,6 +82,14 @@ def zygote_main() -> None:
 
     for name, dataset in (("topic", "bbc_topics"), ("sentiment", "rt_sentiment")):  # the corpora, read once
         load_task_data(name, dataset, max_train_examples=32, max_eval_examples=20)
+    # transformers imports its model code lazily, on first use: import it here, once. Nothing here runs a torch
+    # operation (a thread pool started before fork() would not exist in the workers).
+    import transformers.models.bert.modeling_bert  # noqa: F401
+    from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
+
+    from core.backbones import load_backbone_config
+
+    load_backbone_config("minilm-l6")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel: no zombies
     print(json.dumps({"ready": os.getpid()}), flush=True)
     for line in sys.stdin:

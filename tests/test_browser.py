@@ -251,17 +251,21 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server, tmp_pa
     pg.wait_for_timeout(2500)  # one refresh of the live table
     screenshot(pg, "runs")
 
-    # -- Compare: the run's validation curves ---------------------------------------------------------------
+    # -- Compare: the decision view first, then the run's curves ---------------------------------------------
     pg.get_by_role("link", name="Compare").click()
     expect(pg.get_by_role("heading", name="Compare runs")).to_be_visible()
-    for tab in ("Curves", "Results", "Cost vs accuracy", "Config diff", "Per class"):
+    for tab in ("Decision", "Curves", "Results", "Config diff", "Per class"):
         expect(pg.get_by_role("tab", name=tab)).to_be_visible()
+    expect(pg.get_by_role("tab", name="Decision")).to_have_attribute("aria-selected", "true")
+    expect(pg.get_by_text(re.compile("^Wall time: the whole run"))).to_be_visible()
+    pg.get_by_role("tab", name="Curves").click()
     plot = pg.locator(".js-plotly-plot").first
     expect(plot).to_be_visible()
     expect(plot.locator("path.js-line").first).to_be_attached()  # a drawn curve, not an empty chart
     expect(pg.get_by_text("topic: validation accuracy")).to_be_visible()
     expect(pg.get_by_text("sentiment: validation accuracy")).to_be_visible()
-    screenshot(pg, "compare")
+    expect(pg.get_by_text("topic: training loss")).to_be_visible()
+    screenshot(pg, "compare-curves")
 
     # -- Playground: predictions of both tasks for typed sentences -------------------------------------------
     pg.get_by_role("link", name="Playground").click()
@@ -339,7 +343,7 @@ def test_live_pages_urls_downloads_and_kept_forms_in_a_real_browser(page, live_s
     pg.get_by_role("combobox", name="Run details").click()
     pg.get_by_role("option", name=re.compile(re.escape(done))).click()
     expect(pg.get_by_role("heading", name=f"✅ {name}")).to_be_visible()
-    wait_for(lambda: f"run={done}" in pg.url, 10, "the URL to name the chosen run")
+    expect(pg).to_have_url(re.compile(rf"[?&]run={re.escape(done)}"))
     with pg.expect_download(timeout=90_000) as download:
         pg.get_by_role("button", name="Download model (.zip)").click()
     archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
@@ -354,15 +358,19 @@ def test_live_pages_urls_downloads_and_kept_forms_in_a_real_browser(page, live_s
     assert torch.allclose(got.cpu(), want, atol=1e-4)
 
     # -- Compare: opens on the decision view, follows the live run, keeps its tab in the URL ---------------
-    pg.get_by_role("link", name="Compare").click()
-    expect(pg.get_by_role("heading", name="Compare runs")).to_be_visible()
+    pg.goto(f"{url}/compare?sweep=(all runs)")  # the live run belongs to no sweep
+    expect(pg.get_by_role("heading", name="Compare runs")).to_be_visible(timeout=90_000)
+    expect(pg.get_by_role("combobox", name="Runs (5 match)")).to_be_visible()
     expect(pg.get_by_role("tab", name="Decision")).to_have_attribute("aria-selected", "true")
     expect(pg.get_by_text(re.compile("^Wall time: the whole run"))).to_be_visible()
     expect(pg.get_by_text(re.compile(rf"{LIVE_NAME}: step 6 of 20"))).to_be_visible()
     store.update_status(live, progress=Progress(step=9, total_steps=20, eta_seconds=11.0))
     expect(pg.get_by_text(re.compile(rf"{LIVE_NAME}: step 9 of 20"))).to_be_visible()
+    pg.locator(".js-plotly-plot").nth(1).wait_for()
+    screenshot(pg, "compare")  # the README's: the decision view over 2 strategies x 2 seeds
     pg.get_by_role("tab", name="Results").click()
-    wait_for(lambda: "tab=Results" in pg.url, 10, "the URL to keep the open tab")
+    expect(pg.get_by_role("tab", name="Results")).to_have_attribute("aria-selected", "true")
+    expect(pg).to_have_url(re.compile(r"[?&]tab=Results"))
     pg.reload()
     expect(pg.get_by_role("tab", name="Results")).to_have_attribute("aria-selected", "true", timeout=90_000)
 

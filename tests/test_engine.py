@@ -18,7 +18,13 @@ from core.runtime import StopRequested
 from core.store import METRICS_FILE
 from core.strategies import STRATEGIES
 from core.train import Trainer, learning_rate, train_run
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config as conftest_tiny_config
+
+
+def tiny_config(**overrides):
+    """The shared tiny run, scored on 20 test examples per task (the engine's default is the whole test split)."""
+    return conftest_tiny_config(**{"max_test_examples": 20, **overrides})
+
 
 # Which groups each strategy must train (True) or keep bit-identical (False); task A is topic.
 EXPECTED = {

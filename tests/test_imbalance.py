@@ -247,3 +247,77 @@ def test_parse_class_ratio():
     for bad in ("negative", "negative=abc", "=0.1", "negative=0", "negative=0.1,negative=0.2"):
         with pytest.raises(ClassRatioError):
             parse_class_ratio(bad)
+
+
+# -- the run's schedule (core.batching.Schedule): rates over a whole run, caps, determinism -----------------
+def _lengths(sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    return {t: np.full(n, 10, dtype=np.int64) for t, n in sizes.items()}
+
+
+def _run(schedule: batching.Schedule) -> list[tuple[str, list[int]]]:
+    return [schedule.batch(step) for step in range(schedule.total_steps)]
+
+
+def test_uniform_schedule_draws_tasks_equally_over_a_run():
+    schedule = batching.Schedule(_lengths({"topic": 4000, "sentiment": 400}), 8, "uniform", seed=1, epochs=8)
+    tasks = [t for t, _ in _run(schedule)]
+    assert len(tasks) == 8 * (500 + 50)
+    assert abs(rates(tasks)["sentiment"] - 0.5) < 0.02
+    assert schedule.task_weights(0) == {"topic": 0.5, "sentiment": 0.5}
+
+
+def test_schedule_batches_are_a_function_of_seed_and_step():
+    """Resume: a fresh schedule gives any step's batch again, whatever was asked before."""
+    settings = dict(
+        lengths=_lengths({"topic": 300, "sentiment": 40}), batch_size=8, seed=3, epochs=3, max_task_repeats=2
+    )
+    for sampling in ("proportional", "round_robin", "temperature", "uniform", "curriculum"):
+        full = _run(batching.Schedule(sampling=sampling, **settings))
+        resumed = batching.Schedule(sampling=sampling, **settings)
+        assert [resumed.batch(s) for s in range(len(full) - 1, len(full) // 3, -1)] == full[len(full) // 3 + 1 :][::-1]
+        assert full != _run(batching.Schedule(sampling=sampling, **{**settings, "seed": 4})), sampling
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "round_robin", "temperature", "proportional", "curriculum"])
+def test_schedule_repeat_cap_holds(sampling):
+    sizes, batch_size, max_repeats = {"topic": 2000, "sentiment": 64}, 8, 2.5
+    epochs = 6 if sampling in ("proportional", "round_robin") else 2  # enough passes over sentiment to hit the cap
+    settings = dict(lengths=_lengths(sizes), batch_size=batch_size, sampling=sampling, seed=0, temperature=5.0)
+    schedule = batching.Schedule(epochs=epochs, max_task_repeats=max_repeats, **settings)
+    batches = _run(schedule)
+    seen = Counter(t for t, _ in batches)
+    assert seen["sentiment"] == math.floor(max_repeats * 8)  # 8 batches per pass over sentiment: capped at 20
+    assert seen == Counter(schedule.task_batches)
+    examples = Counter(i for t, idx in batches if t == "sentiment" for i in idx)
+    assert set(examples) == set(range(64)) and max(examples.values()) == math.ceil(max_repeats)  # whole passes
+    uncapped = Counter(t for t, _ in _run(batching.Schedule(epochs=epochs, **settings)))
+    assert uncapped["sentiment"] > seen["sentiment"]
+    if sampling == "proportional":  # six plain epochs pass over topic six times too: both capped, a shorter run
+        assert schedule.total_steps == 625 + 20 < sum(uncapped.values())
+    else:  # the budget moved to topic: the run kept its length
+        assert schedule.total_steps == sum(uncapped.values())
+
+
+def test_schedule_follows_the_curriculum_formula():
+    sizes = {"topic": 800, "sentiment": 80}
+    schedule = batching.Schedule(_lengths(sizes), 8, "curriculum", seed=0, epochs=30, curriculum_target="limited")
+    total = schedule.total_steps
+    for step in (0, total // 3, total - 1):
+        assert schedule.task_weights(step) == curriculum_weights(step, total, sizes, target="limited")
+    tasks = [t for t, _ in _run(schedule)]
+    assert set(tasks[:20]) == {"topic"} and set(tasks[-20:]) == {"sentiment"}
+    half = tasks[: total // 2]
+    expected = np.mean([curriculum_weights(s, total, sizes, target="limited")["sentiment"] for s in range(total // 2)])
+    assert abs(rates(half)["sentiment"] - expected) < 0.02
+
+
+def test_class_balanced_schedule_draws_classes_equally():
+    labels = np.array([0] * 380 + [1] * 20)
+    schedule = batching.Schedule(
+        _lengths({"sentiment": 400}), 8, "proportional", seed=2, epochs=20, balanced={"sentiment": labels}
+    )
+    drawn = np.concatenate([idx for _, idx in _run(schedule)])
+    assert len(drawn) == 20 * 400  # a balanced pass is as long as a plain one
+    assert abs(np.mean(labels[drawn] == 1) - 0.5) < 0.01
+    plain = batching.Schedule(_lengths({"sentiment": 400}), 8, "proportional", seed=2, epochs=1)
+    assert sorted(i for _, idx in _run(plain) for i in idx) == list(range(400))  # unbalanced: each example once

@@ -99,7 +99,10 @@ def test_mask_blocks_other_sentences_and_padding_without_empty_rows(enc, tokeniz
     assert allowed.any(-1).all()  # every query (pad included) keeps a key: softmax never sees an all-blocked row
     real_q = seg[:, :, None] >= 0
     assert not (allowed & real_q & (seg[:, None, :] < 0)).any()  # no real token attends to padding
-    assert block_attention_mask(seg, torch.bfloat16).dtype == torch.bfloat16
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):  # the backbone's dtype, finfo(dtype).min exact
+        other = pack(enc.input_ids[:10], 64, tokenizer.pad_token_id, mask_dtype=dtype).attention_mask
+        assert other.dtype == dtype and torch.equal(other, block_attention_mask(seg, dtype))
+        assert other.min() == torch.finfo(dtype).min
 
 
 def test_assign_rows_first_fit_decreasing():

@@ -1,0 +1,116 @@
+"""`python -m core study run|status|report|list`: the seeds' questions as designed studies (core/studies.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.store import RunStore, default_runs_dir
+
+
+def _store(args) -> RunStore:
+    return RunStore(args.runs_dir or default_runs_dir())
+
+
+def _seeds(text: str) -> list[int]:
+    from core.errors import ConfigError
+
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
+
+
+def cmd_study_run(args) -> None:
+    """Create a study (or continue one by id) and queue what it still needs."""
+    from core import studies
+    from core.cli import config_from_args
+    from core.findings import fmt_seconds
+
+    store = _store(args)
+    if args.study:
+        study = studies.load_study(store, args.study)
+    else:
+        base = config_from_args(args, store)
+        designs = list(studies.QUESTIONS) if args.questions == "all" else [q.strip() for q in args.questions.split(",")]
+        study = studies.create_study(store, base, designs=designs, scale=args.scale, seeds=_seeds(args.seeds),
+                                     name=args.study_name or "", threshold=args.threshold / 100)  # fmt: skip
+    base_plan = studies.plan(study.design_objects(), studies.RunConfig.from_dict(study.base_config), study.seeds)
+    studies.match_existing(store, base_plan)
+    est = studies.estimate(store, base_plan)
+    planned = studies.launch(store, study, start_runner=not args.no_runner)
+    actions = {a: sum(p.action == a for p in planned) for a in ("new", "reuse", "resume")}
+    print(f"study {study.id}: {len(planned)} runs ({actions['new']} queued, {actions['reuse']} reused, "
+          f"{actions['resume']} resumed); estimated {fmt_seconds(est['total_seconds'])} ({est['basis']})",
+          file=sys.stderr)  # fmt: skip
+    print(study.id)
+
+
+def cmd_study_status(args) -> None:
+    from core import studies
+
+    store = _store(args)
+    study = studies.load_study(store, args.study)
+    counts = studies.progress(store, study)
+    print(f"{study.id}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+
+
+def cmd_study_report(args) -> None:
+    from core import studies
+    from core.findings import analyse
+    from core.report import write_report
+
+    store = _store(args)
+    study = studies.load_study(store, args.study)
+    findings = analyse(store, study)
+    if args.format == "text":
+        for d in findings.designs.values():
+            print(f"## {d.design.question}\n{d.answer}")
+            for c in d.comparisons:
+                if not c.derived:
+                    print(f"- [{c.status}] {c.sentence}")
+            for r in d.recommendations:
+                print(f"- recommendation: {r.sentence}")
+            print()
+        return
+    path = write_report(store, study, findings, out_dir=args.out)
+    print(path)
+
+
+def cmd_study_list(args) -> None:
+    from core import studies
+
+    store = _store(args)
+    ids = store.study_ids()
+    if not ids:
+        print("no studies yet: `python -m core study run --questions speed`")
+    for study_id in ids:
+        study = studies.load_study(store, study_id)
+        counts = studies.progress(store, study)
+        print(f"{study_id:<60} {', '.join(study.designs) or 'custom':<40} "
+              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))  # fmt: skip
+
+
+def add_study_parser(sub, add_config_options) -> None:
+    p = sub.add_parser("study", help="run a designed study that answers a question with intervals")
+    ssub = p.add_subparsers(dest="study_command", required=True)
+    r = ssub.add_parser("run", help="create and queue a study (or continue one: --study ID)")
+    add_config_options(r)
+    r.add_argument("--questions", default="all", help="comma-separated: speed, overfitting, head_drift, "
+                   "freeze_depth, pretraining, backbone, multitask, imbalance; or all")  # fmt: skip
+    r.add_argument("--scale", default="quick", choices=["quick", "full"])
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--threshold", type=float, default=1.0, help="practical difference in points (default 1)")
+    r.add_argument("--study-name", help="a name for the study")
+    r.add_argument("--study", help="continue this study id (queue what is missing)")
+    r.add_argument("--no-runner", action="store_true", help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_study_run)
+    for name, func, text in (("status", cmd_study_status, "runs per state"),
+                             ("report", cmd_study_report, "verdicts, charts and a markdown report")):  # fmt: skip
+        q = ssub.add_parser(name, help=text)
+        q.add_argument("study")
+        if name == "report":
+            q.add_argument("--format", choices=["md", "text"], default="md")
+            q.add_argument("--out", help="folder for report.md and its charts (default: the study's folder)")
+        q.set_defaults(func=func)
+    ssub.add_parser("list", help="list studies").set_defaults(func=cmd_study_list)
