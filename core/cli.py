@@ -240,11 +240,12 @@ def cmd_backbones(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from core.jobs import check_runnable
+    from core.jobs import check_runnable, runnable_warnings
     from core.train import train_run
 
     store = _store(args)
     cfg = check_runnable(store, config_from_args(args, store))
+    _warn(runnable_warnings(cfg))
     run_id = store.create_run(cfg)
     print(f"training {run_id} ({cfg.strategy}, {cfg.backbone}); log: {store.log_path(run_id)}", file=sys.stderr)
     state = train_run(store, run_id, show_progress=True)
@@ -278,7 +279,14 @@ def cmd_submit(args) -> None:
     cfg = config_from_args(args, store)
     if args.concurrency is not None:
         jobs.set_concurrency(store, args.concurrency)
-    print(jobs.submit(store, cfg, backend=args.backend, address=args.address))
+    run_id = jobs.submit(store, cfg, backend=args.backend, address=args.address)
+    _warn(jobs.runnable_warnings(cfg))
+    print(run_id)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_sweep(args) -> None:
@@ -460,6 +468,27 @@ def cmd_predict(args) -> None:
         print(f"{r['text'][:60]!r}: " + ", ".join(parts))
 
 
+def cmd_export(args) -> None:
+    """A run as a folder sentence-transformers loads: the encoder (LoRA merged), the heads, a README."""
+    from pathlib import Path
+
+    from core.export import ExportError, export_run
+
+    store = _store(args)
+    store.existing_path(args.run)
+    try:
+        out = export_run(
+            store.checkpoint_dir(args.run),
+            Path(args.dir),
+            config=store.read_config(args.run),
+            summary=store.read_summary(args.run),
+            overwrite=args.overwrite,
+        )
+    except ExportError as exc:
+        raise ExportError(str(exc).replace("pass overwrite", "pass --overwrite")) from None
+    print(f"exported {args.run} to {out}: SentenceTransformer({str(out)!r}) loads it; heads in heads.safetensors")
+
+
 def cmd_separate(args) -> None:
     """Multi-task against separate models: accuracy, parameters to serve, train time, prediction latency."""
     from core.analysis import separate_models_table
@@ -547,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="write a run as a sentence-transformers folder (heads and README included)")
+    p.add_argument("run")
+    p.add_argument("dir", help="the folder to write (absent or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in that folder")
+    p.set_defaults(func=cmd_export)
     for name, func, text in (
         ("submit", cmd_submit, "queue a run; a background runner trains it"),
         ("sweep", cmd_sweep, "queue strategies x seeds (x backbones, x freeze depths)"),

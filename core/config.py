@@ -268,6 +268,9 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(known))}.")
+        if "max_test_examples" not in data and "max_eval_examples" in data:
+            # Written before max_test_examples existed: its test split was capped by max_eval_examples.
+            data = {**data, "max_test_examples": data["max_eval_examples"]}
         try:
             return cls(**data)
         except TypeError as exc:  # e.g. a task entry with a wrong key

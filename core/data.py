@@ -277,6 +277,37 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
+MIN_EXAMPLES_PER_CLASS = 5  # below this on average, a classifier barely learns (1,000 classes of 1-2 rows: ~0 accuracy)
+
+
+def class_warning(source: str, column: str, n_classes: int, n_rows: int) -> str | None:
+    """A warning when a label column has too many classes for its rows to teach them, else None."""
+    if n_classes < 2 or n_rows >= MIN_EXAMPLES_PER_CLASS * n_classes:
+        return None
+    return (
+        f"{source}: label column {column!r} has {n_classes:,} classes for {n_rows:,} rows "
+        f"({n_rows / n_classes:.1f} per class, before the validation and test splits take theirs): most classes "
+        "get too few training examples to be learned, so expect an accuracy near 0. Merge rare classes, add "
+        "examples, or pick another label_column."
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _file_class_warning(path: str, label_column: str, _version: tuple) -> str | None:
+    df = read_table(path)
+    if label_column not in df.columns:
+        return None  # the run reports the missing column itself
+    labels = df[label_column].dropna().astype(str).str.strip()
+    labels = labels[labels != ""]
+    return class_warning(f"file {Path(path).name}", label_column, labels.nunique(), len(labels))
+
+
+def file_class_warning(path: str | Path, label_column: str) -> str | None:
+    """``class_warning`` for a data file's label column (read once per version of the file)."""
+    st = Path(path).stat()
+    return _file_class_warning(str(path), label_column, (st.st_mtime_ns, st.st_size))
+
+
 def _encoding_error(path: Path) -> str:
     """Where a file stops being UTF-8: the byte offset and line in the whole file (pandas decodes in chunks
     and reports offsets inside a chunk), and what the file seems to be instead."""
@@ -294,7 +325,7 @@ def _encoding_error(path: Path) -> str:
     else:
         seems = "it looks like Latin-1 / Windows-1252 text"
     return (
-        f"file {path.name} is not valid UTF-8 text{where}; {seems}. Re-save it as UTF-8 "
+        f"file {path.name} is not valid UTF-8 text{where}: {seems}; re-save it as UTF-8 "
         "(e.g. 'CSV UTF-8' in Excel, or encoding='utf-8' in pandas) and load it again."
     )
 

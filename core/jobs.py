@@ -38,6 +38,7 @@ __all__ = [
     "Runner",
     "cancel",
     "check_runnable",
+    "runnable_warnings",
     "ensure_runner",
     "get_concurrency",
     "process_alive",
@@ -84,6 +85,17 @@ def check_runnable(store: RunStore, cfg: RunConfig) -> RunConfig:
     if cfg.init_from:
         store.existing_path(cfg.init_from)
     return cfg
+
+
+def runnable_warnings(cfg: RunConfig) -> list[str]:
+    """What may make a valid run useless, said before it is queued (e.g. 1,000 classes in 1,200 rows)."""
+    from core.data import file_class_warning, resolve_dataset_kind
+
+    found = []
+    for task in cfg.tasks:
+        if resolve_dataset_kind(task.dataset) == "file" and (w := file_class_warning(task.dataset, task.label_column)):
+            found.append(f"task {task.name}: {w}")
+    return found
 
 
 @functools.lru_cache(maxsize=32)

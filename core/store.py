@@ -138,6 +138,18 @@ def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
     return result
 
 
+_PROBLEM_CACHE: dict[Path, tuple[tuple, str | None]] = {}
+
+
+def _version(path: Path) -> tuple | None:
+    """What changes when a file is written or replaced (None: it does not exist)."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _parse_safetensors_header(fh, size: int, name: str) -> tuple[dict | None, str | None]:
     if size < 8:
         return None, f"{name} is truncated ({size} bytes)"
@@ -307,8 +319,19 @@ class RunStore:
     def checkpoint_problem(self, run_id: str) -> str | None:
         """Why the run's checkpoint cannot be used (a missing, truncated or unreadable file), or None.
 
-        No manifest means no checkpoint yet, which is no problem. Only headers are read."""
+        No manifest means no checkpoint yet, which is no problem. Only headers are read, and only when a file
+        of the checkpoint changed since the last look (listings of 1,000 runs ask for every run)."""
         ckpt = self.checkpoint_dir(run_id)
+        key = tuple(_version(ckpt / name) for name in ("", CHECKPOINT_MANIFEST, WEIGHTS_FILE, TRAIN_STATE_FILE))
+        if _PROBLEM_CACHE.get(ckpt) is not None and _PROBLEM_CACHE[ckpt][0] == key:
+            return _PROBLEM_CACHE[ckpt][1]
+        problem = self._checkpoint_problem(ckpt)
+        if len(_PROBLEM_CACHE) > 4096:
+            _PROBLEM_CACHE.clear()
+        _PROBLEM_CACHE[ckpt] = (key, problem)
+        return problem
+
+    def _checkpoint_problem(self, ckpt: Path) -> str | None:
         manifest = _read_json_or_problem(ckpt / CHECKPOINT_MANIFEST)
         if manifest is _MISSING:
             return None
@@ -622,7 +645,8 @@ class RunStore:
     def _trash_copies(self, run_id: str) -> dict[int, Path]:
         """The copies of ``run_id`` in the trash by number: 1 for ``<id>``, n for ``<id>.deleted-n``."""
         trash = self.root / TRASH
-        copies = {1: trash / run_id} if (trash / run_id).is_dir() else {}
+        first = trash / run_id
+        copies = {1: first} if first.is_dir() and not first.is_symlink() else {}
         if trash.is_dir():
             for p in trash.glob(f"{glob.escape(run_id)}.deleted-*"):
                 m = TRASH_COPY_RE.fullmatch(p.name)

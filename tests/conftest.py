@@ -28,6 +28,7 @@ def tiny_config(**overrides) -> RunConfig:
             TaskConfig(name="sentiment", dataset="rt_sentiment", max_train_examples=32),
         ],
         max_eval_examples=20,
+        max_test_examples=20,  # tests stay fast; real runs test on the whole split
         batch_size=8,
         eval_batch_size=32,
         max_length=32,
@@ -80,4 +81,6 @@ TINY_CLI_ARGS = (
     "3",
     "--device",
     "cpu",
+    "--set",
+    "max_test_examples=20",
 )

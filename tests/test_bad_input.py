@@ -549,3 +549,19 @@ def test_the_suite_tries_at_least_forty_bad_inputs():
 
 def test_every_bad_input_error_is_a_freezelab_error():
     assert all(issubclass(e, FreezeLabError) for e in (ConfigError, DataError, PredictError, InvalidRunId))
+
+
+def test_a_thousand_classes_get_a_warning_before_the_run_is_queued(tmp_path, capsys, monkeypatch):
+    counted("labels", ["1,000 classes in 1,200 rows"])
+    import core.jobs
+
+    monkeypatch.setattr(core.jobs, "ensure_runner", lambda *a, **k: False)
+    path = tmp_path / "many.csv"
+    path.write_text(rows(1200, label=lambda i: f"class{i % 1000}"), encoding="utf-8")
+    code, out, err = cli("submit", "--task-a", str(path), "--tasks", "a", *TINY, runs=tmp_path / "runs", capsys=capsys)
+    assert code == 0 and "warning: task topic" in err and "1,000 classes for 1,200 rows" in err, err
+    assert RunStore(tmp_path / "runs").run_ids() == [out.strip()], "a warning, not a refusal"
+    few = tmp_path / "few.csv"
+    few.write_text(rows(200), encoding="utf-8")
+    code, _, err = cli("submit", "--task-a", str(few), "--tasks", "a", *TINY, runs=tmp_path / "runs", capsys=capsys)
+    assert code == 0 and "warning" not in err

@@ -380,7 +380,7 @@ def test_live_pages_urls_downloads_and_kept_forms_in_a_real_browser(page, live_s
     pg.get_by_text("Training settings").click()
     run_name.fill("kept across pages")
     run_name.press("Enter")
-    pg.wait_for_timeout(1500)
+    pg.wait_for_timeout(3000)  # the rerun that commits the value settles before we leave
     pg.get_by_role("link", name="Runs").click()
     expect(pg.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
     pg.get_by_role("link", name="Launch").click()

@@ -201,29 +201,40 @@ def test_one_file_two_label_columns_feed_two_tasks(tmp_path):
                 assert data.label_names[label] == truth(int(text.split()[2]))
 
 
-def test_hf_local_folder_concatenates_splits_and_resplits(tmp_path, monkeypatch):
+def _hub_serves(monkeypatch, hub_id: str, dataset) -> None:
+    """The hub, offline: ``datasets.load_dataset(hub_id)`` returns ``dataset`` (hf: specs are hub ids only)."""
     import datasets
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    folder = tmp_path / "hfdata"
-    folder.mkdir()
-    write_rows(folder / "train.csv", 40, text=review, label=lambda i: "pos" if i % 2 else "neg")
-    write_rows(folder / "test.csv", 20, text=lambda i: review(100 + i), label=lambda i: "pos" if i % 2 else "neg")
-    spec = f"hf:{folder}"
+    def load_dataset(name, *args, **kwargs):
+        assert name == hub_id, name
+        return dataset
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+
+
+def test_hf_dataset_concatenates_splits_and_resplits(monkeypatch):
+    import datasets
+
+    def part(n, start):
+        return datasets.Dataset.from_dict(
+            {"text": [review(start + i) for i in range(n)], "label": ["pos" if i % 2 else "neg" for i in range(n)]}
+        )
+
+    _hub_serves(monkeypatch, "org/reviews", datasets.DatasetDict(train=part(40, 0), test=part(20, 100)))
+    spec = "hf:org/reviews"
     assert resolve_dataset_kind(spec) == "hub"
     data = load_task_data("s", spec)
     assert data.label_names == ["neg", "pos"]
     assert [len(s) for s in splits(data).values()] == [48, 6, 6]
 
 
-def test_hf_class_label_ids_become_their_names(tmp_path, monkeypatch):
+def test_hf_class_label_ids_become_their_names(monkeypatch):
     import datasets
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    (tmp_path / "cl").mkdir()
     ds = datasets.Dataset.from_dict({"text": [review(i) for i in range(30)], "label": [i % 2 for i in range(30)]})
-    ds.cast_column("label", datasets.ClassLabel(names=["neg", "pos"])).to_parquet(tmp_path / "cl" / "train.parquet")
-    data = load_task_data("s", f"hf:{tmp_path / 'cl'}")
+    ds = ds.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
+    _hub_serves(monkeypatch, "cl", datasets.DatasetDict(train=ds))
+    data = load_task_data("s", "hf:cl")
     assert data.label_names == ["neg", "pos"]
     assert all(("great" in t) == (y == 1) for t, y in zip(data.train.texts, data.train.labels))
 
@@ -265,7 +276,7 @@ def raises(spec: str | Path, *fragments: str, **kwargs) -> str:
 def test_unknown_spec_lists_builtins_and_hub_syntax(tmp_path):
     raises("bbc_topic", "not a built-in", "bbc_topics", "rt_sentiment", "not an existing", "hf:NAME")
     raises(tmp_path / "missing.csv", "missing.csv", "does not exist", "hf:NAME")
-    raises(tmp_path, "hf:PATH")  # a folder without hf:
+    raises(tmp_path, "A folder is not a dataset")  # hf: never means a local folder (issue 13)
 
 
 def test_unsupported_extension_and_empty_files(tmp_path):

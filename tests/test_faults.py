@@ -264,8 +264,9 @@ def _truncate(path, keep: float = 0.5) -> None:
 
 
 def _unit_file(store: RunStore, run_id: str, key: str):
+    """A file of the run's resume unit (``train_state.json`` names them; the older layout had a fixed name)."""
     state = json.loads((store.checkpoint_dir(run_id) / "train_state.json").read_text())
-    return store.checkpoint_dir(run_id) / state[key]
+    return store.checkpoint_dir(run_id) / state.get(key, "train_state.safetensors")
 
 
 DAMAGE = {  # case -> (how to damage a stopped run that has a checkpoint and a resume unit, what the reason says)

@@ -210,8 +210,7 @@ def _name(func: ast.AST) -> str:
     while isinstance(func, ast.Attribute):
         parts.append(func.attr)
         func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
+    parts.append(func.id if isinstance(func, ast.Name) else "<expr>")  # x().eval() is a method, not eval()
     return ".".join(reversed(parts))
 
 
