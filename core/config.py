@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import math
 import re
@@ -346,21 +347,28 @@ def _accepts(kind: str, value: Any) -> bool:
     return isinstance(value, {"int": int, "str": str, "bool": bool, "list": list, "dict": dict}[kind])
 
 
+@functools.cache
+def _field_specs(cls) -> tuple[tuple[str, tuple[str, ...], type | None], ...]:
+    """(field, accepted kinds, item type of a checked list) for each field of a config dataclass: parsed once."""
+    specs = []
+    for f in dataclasses.fields(cls):
+        parts = [part.strip() for part in str(f.type).split("|")]
+        item = next((_ITEM_TYPES[p] for p in parts if p in _ITEM_TYPES), None)
+        specs.append((f.name, tuple(part.split("[")[0] for part in parts), item))
+    return tuple(specs)
+
+
 def check_types(obj: Any, prefix: str = "") -> None:
     """Every field of a config dataclass holds a value of its annotated type (a JSON file or ``--set`` can
     put anything there); a ConfigError names the field, the value and the type it needs."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        parts = [part.strip() for part in str(f.type).split("|")]
-        kinds = [part.split("[")[0] for part in parts]
+    for name, kinds, item in _field_specs(type(obj)):
+        value = getattr(obj, name)
         ok = any(_accepts(kind, value) for kind in kinds)
-        item = next((_ITEM_TYPES[p] for p in parts if p in _ITEM_TYPES), None)
         if ok and item is not None and isinstance(value, list) and not all(isinstance(v, item) for v in value):
-            ok = False
-            kinds = [f"list of {_TYPE_WORDS[item.__name__]}"]
+            ok, kinds = False, (f"list of {_TYPE_WORDS[item.__name__]}",)
         if not ok:
             wanted = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
-            raise ConfigError(f"{prefix}{f.name}={value!r} ({type(value).__name__}): use {wanted}.")
+            raise ConfigError(f"{prefix}{name}={value!r} ({type(value).__name__}): use {wanted}.")
 
 
 def positions_limit(backbone_config) -> int | None:

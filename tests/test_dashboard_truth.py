@@ -458,7 +458,7 @@ def test_playground_one_runs_error_never_blanks_the_others(monkeypatch, pair, tm
     shutil.copytree(pair["root"], root)
     store = RunStore(root)
     broken, sound = pair["ids"]["lora"], pair["ids"]["frozen_backbone"]
-    (store.checkpoint_dir(broken) / "model.safetensors").write_bytes(b"not safetensors at all")
+    (store.checkpoint_dir(broken) / "tokenizer" / "tokenizer.json").write_text("{not a tokenizer")
     at = app(monkeypatch, root, PLAYGROUND)
     one(at.multiselect, "Runs").set_value([broken, sound]).run()
     assert not at.exception, at.exception

@@ -187,7 +187,7 @@ def test_runner_survives_failing_writes_and_a_run_that_cannot_write_fails_alone(
 
     full = jstore.create_run(fault_config(name="full-disk"))
     os.symlink("/dev/full", jstore.path(full) / "metrics.jsonl")  # every append: ENOSPC
-    fine = jstore.create_run(fault_config(name="fine"))
+    fine = jstore.create_run(fault_config(name="fine", max_steps=6))
     jstore.update_status(fine, queued_at=time.time() + 1)  # after `full` in the queue
     runner = _limited_runner(jstore, max_file_bytes=16)
     try:
@@ -225,10 +225,10 @@ def test_submit_on_a_full_disk_says_so_and_leaves_no_folder(tmp_path):
 
 def test_runner_and_worker_killed_then_two_runners_restarted_at_once(jstore):
     """kill -9 of the runner and of the worker of a run in flight, then two runners started at the same
-    moment: exactly one serves; the killed run is failed with the reason and resumes to completion; the
-    queued run trains exactly once."""
+    moment: exactly one serves; the killed run is failed with the reason, with a whole checkpoint to resume
+    from (resume itself is proven by the kill series above); the queued run trains exactly once."""
     first = jobs.submit(jstore, fault_config(name="in-flight"), start_runner=False)
-    second = jobs.submit(jstore, fault_config(name="queued"), start_runner=False)
+    second = jobs.submit(jstore, fault_config(name="queued", max_steps=6), start_runner=False)
     runner = start_runner(jstore, grace_seconds=2)
     pid = wait_for_pid(jstore, first, 120)
     wait_for(lambda: (jstore.read_status(first).progress or Progress()).step >= 5, 120, "a checkpoint or two")
@@ -239,22 +239,21 @@ def test_runner_and_worker_killed_then_two_runners_restarted_at_once(jstore):
     pair = [start_runner(jstore, grace_seconds=2) for _ in range(2)]
     try:
         wait_for(lambda: any(r.poll() is not None for r in pair), 60, "one of the two runners to step aside")
-        assert sorted(r.poll() is None for r in pair) == [False, True] and [
-            r.returncode for r in pair if r.returncode is not None
-        ] == [0]
+        assert [r.poll() for r in pair].count(None) == 1, "exactly one runner serves"
+        assert [r.returncode for r in pair if r.returncode is not None] == [0], "the other one left quietly"
         wait_for_state(jstore, second, RunState.COMPLETED, timeout=240)
-        status = jstore.read_status(first)
-        assert status.state == RunState.FAILED and f"pid {pid}" in status.error and "resume" in status.error
-        assert jobs.resume(jstore, first, start_runner=False) == "resume"
-        wait_for_state(jstore, first, RunState.COMPLETED, timeout=240)
+        assert [r.poll() for r in pair].count(None) == 1
     finally:
         for r in pair:
             r.kill()
             r.wait()
+    assert check_after_kill(jstore, first, pid) == []
+    assert jstore.has_train_state(first) and jstore.checkpoint_problem(first) is None
     assert jstore.log_path(second).read_text().count("strategy=") == 1, "the queued run trained once"
-    assert jstore.log_path(first).read_text().count("strategy=") == 2, "the killed run: its start and its resume"
-    steps = [r["step"] for r in jstore.read_metrics(first) if r["kind"] == "throughput"]
-    assert steps == list(range(1, 25)), "every step logged once: none twice, none missing"
+    assert jstore.log_path(first).read_text().count("strategy=") == 1, (
+        "the killed run was not restarted behind our back"
+    )
+    assert "Traceback" not in (jstore.root / "test-runner.log").read_text()
 
 
 # -- a damaged store: each damaged run is shown as damaged with its reason; the rest works ------------------------

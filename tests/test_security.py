@@ -161,6 +161,7 @@ def _evil_pickle(path: Path, marker: Path) -> None:
     path.with_suffix(".pkl").write_bytes(payload)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch.load(weights_only=True) saw it
 def test_a_malicious_pickle_in_a_checkpoint_or_a_backbone_folder_never_runs(store, tmp_path):
     from core.backbones import load_backbone, packaged_minilm_dir
     from core.checkpoint import load_model
