@@ -329,7 +329,7 @@ def _task(index: int, value: Any) -> TaskConfig:
             f"tasks[{index}]={value!r}: each task is an object with a name and a dataset, "
             'e.g. {"name": "topic", "dataset": "bbc_topics"}.'
         )
-    known = {f.name for f in dataclasses.fields(TaskConfig)}
+    known = {name for name, _, _ in _field_specs(TaskConfig)}
     unknown, missing = sorted(set(value) - known), sorted({"name", "dataset"} - set(value))
     if unknown or missing:
         what = f"unknown keys {unknown}" if unknown else f"no {' and no '.join(missing)}"

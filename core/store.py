@@ -26,6 +26,7 @@ fails (disk full, read-only folder) raises StorageError naming the file, never a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -139,6 +140,7 @@ def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
 
 
 _PROBLEM_CACHE: dict[Path, tuple[tuple, str | None]] = {}
+_CONFIG_CACHE: dict[tuple, str | None] = {}
 
 
 def _version(path: Path) -> tuple | None:
@@ -209,12 +211,17 @@ def _read_json_strict(path: Path) -> Any:
         raise RecordError(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
+@functools.cache
+def _config_keys() -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+
 def _config_problem(config: dict) -> str | None:
     """What makes a run's config.json unreadable as a config: a value of the wrong type (an old run's unknown
     keys and out-of-date ranges are not problems: they describe how it was trained)."""
     from core.config import check_types
 
-    known = {f.name for f in dataclasses.fields(RunConfig)}
+    known = _config_keys()
     try:
         cfg = RunConfig(**{k: v for k, v in config.items() if k in known})
         check_types(cfg)
@@ -319,10 +326,11 @@ class RunStore:
     def checkpoint_problem(self, run_id: str) -> str | None:
         """Why the run's checkpoint cannot be used (a missing, truncated or unreadable file), or None.
 
-        No manifest means no checkpoint yet, which is no problem. Only headers are read, and only when a file
-        of the checkpoint changed since the last look (listings of 1,000 runs ask for every run)."""
+        No manifest means no checkpoint yet, which is no problem. Only headers are read, and only when the
+        folder changed since the last look (listings of 1,000 runs ask for every run; every file of a checkpoint
+        is written by a rename, which changes the folder). The loaders check again, fully, when they load."""
         ckpt = self.checkpoint_dir(run_id)
-        key = tuple(_version(ckpt / name) for name in ("", CHECKPOINT_MANIFEST, WEIGHTS_FILE, TRAIN_STATE_FILE))
+        key = _version(ckpt)
         if _PROBLEM_CACHE.get(ckpt) is not None and _PROBLEM_CACHE[ckpt][0] == key:
             return _PROBLEM_CACHE[ckpt][1]
         problem = self._checkpoint_problem(ckpt)
@@ -573,7 +581,12 @@ class RunStore:
         config = read_json(path / CONFIG_FILE)
         if isinstance(config, dict):
             record.config = config
-            if problem := _config_problem(config):
+            key = (path / CONFIG_FILE, _version(path / CONFIG_FILE))  # config.json is written once: check it once
+            if key not in _CONFIG_CACHE:
+                if len(_CONFIG_CACHE) > 4096:
+                    _CONFIG_CACHE.clear()
+                _CONFIG_CACHE[key] = _config_problem(config)
+            if problem := _CONFIG_CACHE[key]:
                 problems.append(f"config.json {problem}")
                 record.config = {k: v for k, v in config.items() if _config_problem({k: v}) is None}
         else:
