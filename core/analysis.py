@@ -7,6 +7,7 @@ support: per group of runs that differ only by seed, the mean test accuracy with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -278,6 +279,7 @@ DECISION_COLUMNS = (
     "95% low",
     "95% high",
     "interval",
+    "test set ±",
     "vs best",
     "vs best low",
     "vs best high",
@@ -319,8 +321,9 @@ def accuracy_interval(store: RunStore, runs: list[RunRecord], task: str) -> stat
     """Mean test accuracy of a group with a 95% interval: a t interval over seeds; with one seed, a bootstrap
     over its test predictions, else the binomial standard error of an accuracy on its test set."""
     per_seed = _per_seed(runs, lambda r: r.summary.test_accuracy(task))
-    if len(per_seed) >= 2:
-        return stats.mean_interval(list(per_seed.values()))
+    if len(per_seed) >= 2:  # an accuracy lies in [0, 1]: with 2-3 seeds a t interval can reach past either end
+        t = stats.mean_interval(list(per_seed.values()))
+        return dataclasses.replace(t, low=max(0.0, t.low), high=min(1.0, t.high))
     run = runs[0]
     correct = _correct(store, run, task)
     if correct is not None:
@@ -354,12 +357,28 @@ def compare_groups(
     return stats.Comparison(diff, diff - half, diff + half, min(a.n, b.n), "independent intervals combined")
 
 
-def noise_flag(comparison: stats.Comparison, threshold: float = NOISE_THRESHOLD) -> str:
-    """Against the best group: "worse" only when the whole interval lies below -threshold; "within noise" when
-    it reaches zero or the threshold (the data cannot rank the two); "no interval" without one."""
+def test_set_resolution(runs: list[RunRecord], task: str) -> float | None:
+    """Half-width of the 95% binomial interval of the group's mean accuracy on its test set: how precisely that
+    many test sentences pin an accuracy, whatever the number of seeds (None when the size is unknown)."""
+    sizes = [r.summary.tasks[task].n_test for r in runs if r.summary.tasks[task].n_test]
+    if not sizes:
+        return None
+    p = float(np.mean([r.summary.test_accuracy(task) for r in runs]))
+    return Z95 * stats.accuracy_standard_error(p, min(sizes))
+
+
+def noise_flag(
+    comparison: stats.Comparison, threshold: float = NOISE_THRESHOLD, resolution: float | None = None
+) -> str:
+    """Against the best group: "worse" only when the whole interval lies below -threshold and the difference is
+    larger than the test sets can resolve (``resolution``: the two binomial half-widths combined; seeds that
+    agree exactly give a zero-width interval over seeds, not a precise test); else "within noise" (the data
+    cannot rank the two); "no interval" without one."""
     if comparison.low is None or comparison.high is None:
         return "no interval"
-    return "within noise" if comparison.high >= -threshold else "worse"
+    if comparison.high >= -threshold or (resolution is not None and -comparison.estimate <= resolution):
+        return "within noise"
+    return "worse"
 
 
 def decision_table(store: RunStore, records: list[RunRecord], threshold: float = NOISE_THRESHOLD) -> pd.DataFrame:
@@ -395,6 +414,7 @@ def decision_table(store: RunStore, records: list[RunRecord], threshold: float =
                 "95% low": acc.low,
                 "95% high": acc.high,
                 "interval": acc.method,
+                "test set ±": test_set_resolution(runs, task),
                 "vs best": None,
                 "vs best low": None,
                 "vs best high": None,
@@ -413,10 +433,17 @@ def decision_table(store: RunStore, records: list[RunRecord], threshold: float =
             if key != best:
                 c = compare_groups(store, runs, groups[best], task, acc, intervals[best])
                 why = stats.verdict(c, threshold, what=labels[key], against=labels[best]).sentence
+                seeded = c.method.startswith("paired t")  # the other comparisons already cover the test set
+                a, b = row["test set ±"], test_set_resolution(groups[best], task)
+                resolution = math.hypot(a, b) if seeded and a is not None and b is not None else None
+                if resolution is not None and -c.estimate <= resolution and c.high is not None and c.high < -threshold:
+                    why += f" But {abs(c.estimate) * 100:.1f} points is within what the test sets resolve (±{resolution * 100:.1f})."
                 row.update({"vs best": c.estimate, "vs best low": c.low, "vs best high": c.high, "why": why})
-                row["verdict"] = noise_flag(c, threshold)
+                row["verdict"] = noise_flag(c, threshold, resolution)
             rows.append(row)
-    return pd.DataFrame(rows, columns=list(DECISION_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(DECISION_COLUMNS))
+    numeric = ["95% low", "95% high", "vs best", "vs best low", "vs best high", "test set ±", "wall time (s)"]
+    return table.astype({c: float for c in numeric + ["wall low", "wall high", "training time (s)"]})
 
 
 # -- time left ----------------------------------------------------------------------------------------

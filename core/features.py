@@ -168,7 +168,8 @@ class _SentenceCounter:
 
     @contextlib.contextmanager
     def counting(self, backbone: torch.nn.Module):
-        module = getattr(backbone, "embeddings", None) or backbone
+        module = getattr(backbone, "embeddings", None)
+        module = backbone if module is None else module
         handle = module.register_forward_hook(self._batch)
         try:
             yield self

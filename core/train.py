@@ -42,11 +42,11 @@ from core import checkpoint as ckpt
 from core.augment import EmbeddingNeighbours, augment_train
 from core.backbones import load_backbone, load_tokenizer
 from core.batching import Encoded, Schedule, collate, encode
-from core.config import EVALS_PER_RUN, RunConfig
+from core.config import EVALS_PER_RUN, RunConfig, check_against_backbone
 from core.data import TaskData, load_task_data
 from core.errors import ConfigError, user_message
 from core.evaluate import full_scores, predict_logits, score
-from core.features import FrozenFeatures
+from core.features import FrozenFeatures, status_progress
 from core.imbalance import TaskLoss, class_weights
 from core.meter import Meter, Totals
 from core.model import MultiTaskModel, format_parameter_line, group_of, num_backbone_layers, parameter_report
@@ -150,6 +150,7 @@ class Trainer:
         datasets = load_datasets(cfg)
         built = build_model(cfg, store, {name: d.label_names for name, d in datasets.items()}, log)
         self.model, self.tokenizer, self.lora, self.delta = built.model, built.tokenizer, built.lora, built.delta
+        check_against_backbone(cfg, self.model.backbone.config)  # max_length within its positions, k within layers
         self.pad_id = self.tokenizer.pad_token_id or 0
         originals = {name: len(d.train) for name, d in datasets.items()}  # augmented copies come after these
         datasets = self._augment(datasets)
@@ -182,6 +183,7 @@ class Trainer:
             self.device,
             self.pad_id,
             log,
+            on_progress=status_progress(store, run_id),
         )
         self.optimizer, self.scheduler = build_optimizer(
             self.model, cfg, self.trained_names, self.plan.total_steps, extra_params=list(self.loss.parameters())
@@ -444,8 +446,8 @@ class Trainer:
             predictions[name] = {"labels": list(ts.test.labels), "predictions": logits.argmax(1).tolist()}
         self.store.write_test_predictions(self.run_id, predictions)
         self._save(with_train_state=False)
-        ckpt.drop_train_state(self.ckpt_dir)
         self._record_end(RunState.COMPLETED, test, early_stop)
+        ckpt.drop_train_state(self.ckpt_dir)  # after the end is recorded: a kill before it still resumes
         self.log.info("completed: %s", {t: round(m["accuracy"], 4) for t, m in test.items()})
         return RunState.COMPLETED
 

@@ -166,6 +166,7 @@ def decision_ui(store, records: dict, run_ids: list[str]) -> None:
         shown.round({"wall time (s)": 1, "training time (s)": 1}),
         hide_index=True,
         width="stretch",
+        placeholder="–",
         column_config={
             "strategy": st.column_config.TextColumn("strategy", pinned=True),
             **{c: st.column_config.NumberColumn(c, format="%.3f") for c in ("test accuracy", "95% low", "95% high")},
@@ -173,12 +174,19 @@ def decision_ui(store, records: dict, run_ids: list[str]) -> None:
             "wall time (s)": st.column_config.NumberColumn("wall time (s)", format="localized", help=WALL_HELP),
             "training time (s)": st.column_config.NumberColumn("training time (s)", format="localized", help=WALL_HELP),
             "trainable params": st.column_config.NumberColumn("trainable params", format="compact"),
+            "test set ±": st.column_config.NumberColumn(
+                "test set ±",
+                format="±%.3f",
+                help="How precisely this many test sentences pin an accuracy, whatever the number of seeds "
+                "(binomial 95%). Seeds that agree exactly give a narrower interval over seeds, not a surer result.",
+            ),
             "why": st.column_config.TextColumn("why", width="large"),
         },
     )
     st.caption(
         "95% intervals: a t interval over seeds; with one seed, a bootstrap over its test predictions (or the "
-        "binomial standard error of an accuracy on that many sentences). 'vs best' pairs runs by seed where it can."
+        "binomial standard error of an accuracy on that many sentences). 'vs best' pairs runs by seed where it can; "
+        "a difference smaller than the test sets can resolve ('test set ±') is within noise too."
     )
     tasks = table["task"].unique().tolist()
     from_url("cmp_task", "task", tasks[0], clean=lambda v: v if v in tasks else None)
@@ -311,7 +319,10 @@ def results_ui(table: pd.DataFrame) -> None:
             config[c] = number(c, format="localized", help=WALL_HELP if "time" in c else None)
     config["trainable params"] = number("trainable params", format="compact")
     st.dataframe(
-        shown.round({"wall time (s)": 1, "training time (s)": 1, "tokens/s": 0}), hide_index=True, column_config=config
+        shown.round({"wall time (s)": 1, "training time (s)": 1, "tokens/s": 0}),
+        hide_index=True,
+        column_config=config,
+        placeholder="–",
     )
     st.download_button(
         "Download all columns as CSV", table.to_csv(index=False).encode(), "freezelab-results.csv", "text/csv"

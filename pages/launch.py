@@ -90,8 +90,9 @@ def cached_preview(path: str, mtime: float) -> dict:
 
 
 @st.cache_data(show_spinner="Checking the data…", max_entries=64)
-def split_sizes(dataset: str, text: str, label: str, max_train: int | None, max_eval: int | None, mtime: float) -> dict:
+def split_sizes(dataset: str, text: str, label: str, max_train: int | None, mtime: float) -> dict:
     """The examples each split will get, as a run would load them ({"error": ...} when the data cannot be used)."""
+    defaults = RunConfig()
     try:
         data = load_task_data(
             "check",
@@ -99,7 +100,8 @@ def split_sizes(dataset: str, text: str, label: str, max_train: int | None, max_
             text_column=text,
             label_column=label,
             max_train_examples=max_train,
-            max_eval_examples=max_eval,
+            max_eval_examples=defaults.max_eval_examples,
+            max_test_examples=defaults.max_test_examples,
         )
     except DataError as exc:
         return {"error": str(exc)}
@@ -119,7 +121,7 @@ def data_check_ui(form: TaskForm, dataset: str, text: str, label: str, cap: int 
     """Split sizes before anything is queued: refuse data that cannot measure anything, warn about data that
     can barely measure (a 60-row file leaves 6 test sentences: each one is 16.7 accuracy points)."""
     mtime = Path(dataset).stat().st_mtime if Path(dataset).is_file() else 0.0
-    sizes = split_sizes(dataset, text, label, cap, RunConfig().max_eval_examples, mtime)
+    sizes = split_sizes(dataset, text, label, cap, mtime)
     if "error" in sizes:
         st.error(
             user_words(sizes["error"])[1].replace("text_column", "Text column").replace("label_column", "Label column")
@@ -472,9 +474,9 @@ def page() -> None:
             form_b = task_ui("B", "sentiment", "rt_sentiment")
         with st.expander("Training settings"):
             values = settings_ui(slots, extra)
-    forms = [f for f in (form_a, form_b) if f.config is not None or not f.ok]
-    tasks = [f.config for f in forms if f.config is not None]
-    for i, form in enumerate(forms):
+    forms = [f for f in (form_a, form_b) if f.config is not None]
+    tasks = [f.config for f in forms]
+    for i, form in enumerate(forms):  # a config error about tasks[i] goes under that task's field
         for key, slot in form.slots.items():
             slots[f"tasks[{i}].{key}"] = slot
     if len(tasks) == 2 and tasks[0].name and tasks[0].name == tasks[1].name:

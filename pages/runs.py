@@ -85,6 +85,7 @@ def table_ui(df: pd.DataFrame, fresh: dict[str, RunRecord]) -> None:
         df[[c for c in cols if c in df.columns]],
         hide_index=True,
         width="stretch",
+        placeholder="–",
         column_config={
             "name": st.column_config.TextColumn("name", pinned=True),
             "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%"),
@@ -179,22 +180,32 @@ def _act(run_id: str, action: str) -> None:
 
 def actions_ui(record: RunRecord) -> None:
     store, run_id = get_store(), record.id
-    c1, c2, c3 = st.columns(3)
-    if record.state.live:
-        c1.button("Cancel", key=f"cancel_{run_id}", on_click=_act, args=(run_id, "cancel"))
-    if record.state in (RunState.STOPPED, RunState.FAILED):
-        c1.button("Resume", key=f"resume_{run_id}", on_click=_act, args=(run_id, "resume"))
-    if record.state != RunState.RUNNING:
-        c2.button(
+    mtime = store.checkpoint_mtime(run_id)
+    actions = [
+        name
+        for name, shown in (
+            ("cancel", record.state.live),
+            ("resume", record.state in (RunState.STOPPED, RunState.FAILED)),
+            ("delete", record.state != RunState.RUNNING),
+            ("download", mtime is not None and not record.state.live),
+        )
+        if shown
+    ]
+    cols = dict(zip(actions, st.columns(4)))
+    if "cancel" in cols:
+        cols["cancel"].button("Cancel", key=f"cancel_{run_id}", on_click=_act, args=(run_id, "cancel"))
+    if "resume" in cols:
+        cols["resume"].button("Resume", key=f"resume_{run_id}", on_click=_act, args=(run_id, "resume"))
+    if "delete" in cols:
+        cols["delete"].button(
             "Delete",
             key=f"delete_{run_id}",
             help="Moves it to the trash; restorable below.",
             on_click=_act,
             args=(run_id, "delete"),
         )
-    mtime = store.checkpoint_mtime(run_id)
-    if mtime is not None and not record.state.live:
-        c3.download_button(
+    if "download" in cols:
+        cols["download"].download_button(
             "Download model (.zip)",
             data=lambda: model_zip(str(store.root), run_id, mtime),
             file_name=f"{run_id}-sentence-transformer.zip",

@@ -153,8 +153,9 @@ def page():
             browser.close()
 
 
-def screenshot(pg, name: str) -> Path:
-    """A full-page screenshot: Streamlit scrolls inside its main element, so grow the viewport to its height first."""
+def screenshot(pg, name: str, readme: bool = True) -> Path:
+    """A full-page screenshot: Streamlit scrolls inside its main element, so grow the viewport to its height first.
+    ``readme``: one the README shows (copied to docs/screenshots/ in screenshot mode)."""
     height = 0
     for _ in range(5):  # charts re-lay out at a new size: grow until the height holds still
         new = int(pg.evaluate("() => (document.querySelector('[data-testid=stMain]') || document.body).scrollHeight"))
@@ -167,7 +168,7 @@ def screenshot(pg, name: str) -> Path:
     path.parent.mkdir(exist_ok=True)
     pg.screenshot(path=str(path), full_page=True)
     pg.set_viewport_size(VIEWPORT)
-    if os.environ.get("FREEZELAB_UPDATE_SCREENSHOTS") == "1":
+    if readme and os.environ.get("FREEZELAB_UPDATE_SCREENSHOTS") == "1":
         docs = ROOT / "docs" / "screenshots"
         docs.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, docs / f"{name}.png")
@@ -265,7 +266,7 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server, tmp_pa
     expect(pg.get_by_text("topic: validation accuracy")).to_be_visible()
     expect(pg.get_by_text("sentiment: validation accuracy")).to_be_visible()
     expect(pg.get_by_text("topic: training loss")).to_be_visible()
-    screenshot(pg, "compare-curves")
+    screenshot(pg, "compare-curves", readme=False)
 
     # -- Playground: predictions of both tasks for typed sentences -------------------------------------------
     pg.get_by_role("link", name="Playground").click()

@@ -21,9 +21,9 @@ from core import jobs
 from core.checkpoint import load_model
 from core.config import RunConfig
 from core.features import FrozenFeatures
-from core.records import Progress, RunState, RunSummary
+from core.records import Progress, RunState, RunSummary, TaskSummary
 from core.runtime import run_logger
-from core.store import RunStore
+from core.store import RunStore, write_json_atomic
 from core.strategies import STRATEGIES
 from core.train import Trainer, train_run
 from tests.conftest import run_cli, tiny_config
@@ -134,6 +134,26 @@ def test_compare_says_plainly_which_differences_are_within_noise(monkeypatch, de
     shown = texts(one(at.tabs, "Decision"))
     assert "within noise" in shown and "lora" in shown, shown
     assert "Wall time" in shown and "whole run" in shown and "training steps only" in shown, shown
+
+
+def test_compare_does_not_call_worse_what_a_tiny_test_set_cannot_resolve(store):
+    """Seeds that agree exactly (deterministic tiny runs) give a zero-width interval over seeds; on 20 test
+    sentences a 20-point gap is 4 sentences, which the test set cannot tell from luck."""
+    from core.analysis import decision_table
+
+    for strategy, accuracy in (("full_finetune", 0.5), ("frozen_backbone", 0.3), ("bitfit", 0.2)):
+        for seed in (0, 1):
+            summary = RunSummary(
+                tasks={"topic": TaskSummary(label_names=["a", "b"], n_test=20, test_accuracy=accuracy)}
+            )
+            finished_run(store, tiny_config(strategy=strategy, seed=seed, name=f"{strategy}-s{seed}"), summary)
+    table = decision_table(store, store.list_runs()).set_index("strategy")
+    assert table.loc["frozen_backbone", "95% low"] == table.loc["frozen_backbone", "95% high"] == 0.3
+    half = Z95 * np.sqrt(0.3 * 0.7 / 20)
+    assert table.loc["frozen_backbone", "test set ±"] == pytest.approx(half)
+    assert table.loc["frozen_backbone", "verdict"] == "within noise"
+    assert "within what the test sets resolve" in table.loc["frozen_backbone", "why"]
+    assert table.loc["bitfit", "verdict"] == "worse", "30 points on 20 sentences is beyond it"
 
 
 def test_compare_single_seed_intervals_come_from_test_predictions_or_the_binomial_error(monkeypatch, decision):
@@ -397,7 +417,7 @@ def _predictions(at) -> list[tuple[str, str]]:
 def test_int8_prediction_works_for_a_lora_run(pair):
     store = RunStore(pair["root"])
     run_id = pair["ids"]["lora"]
-    core.predict.write_int8_report(store, run_id, {"agreement": 1.0, "n": 40, "allowed": True})
+    write_json_atomic(store.int8_path(run_id), {"agreement": 1.0, "n": 40, "allowed": True})
     fast = core.predict.Predictor.from_run(store, run_id, int8=True)  # was: 'function' object has no attribute 'dtype'
     full = core.predict.Predictor.from_run(store, run_id)
     texts_ = ["markets fell sharply", "a lovely film"]
@@ -444,7 +464,7 @@ def test_playground_int8_with_a_lora_run_keeps_every_column(monkeypatch, pair, t
     shutil.copytree(pair["root"], root)
     store = RunStore(root)
     for run_id in pair["ids"].values():
-        core.predict.write_int8_report(store, run_id, {"agreement": 0.999, "n": 40, "allowed": True})
+        write_json_atomic(store.int8_path(run_id), {"agreement": 0.999, "n": 40, "allowed": True})
     at = app(monkeypatch, root, PLAYGROUND)
     one(at.multiselect, "Runs").set_value(list(pair["ids"].values())).run()
     one(at.toggle, "Faster int8 prediction").set_value(True).run()
@@ -458,7 +478,8 @@ def test_playground_one_runs_error_never_blanks_the_others(monkeypatch, pair, tm
     shutil.copytree(pair["root"], root)
     store = RunStore(root)
     broken, sound = pair["ids"]["lora"], pair["ids"]["frozen_backbone"]
-    (store.checkpoint_dir(broken) / "tokenizer" / "tokenizer.json").write_text("{not a tokenizer")
+    manifest = store.checkpoint_dir(broken) / "checkpoint.json"  # damaged by hand: a TypeError when it loads
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "label_names": {"topic": 5}}))
     at = app(monkeypatch, root, PLAYGROUND)
     one(at.multiselect, "Runs").set_value([broken, sound]).run()
     assert not at.exception, at.exception
