@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,11 +85,27 @@ def resolve_backbone(spec: str) -> ResolvedBackbone:
     return ResolvedBackbone(spec, base, num_layers, True, False)
 
 
-def _quiet_transformers() -> None:
-    import transformers
+_TRANSFORMERS_LOCK = threading.Lock()
+_transformers_ready = False
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+
+def _quiet_transformers() -> None:
+    """Import transformers and its Auto classes, once, and quiet its logging; call it BEFORE any
+    ``from transformers import ...``. Streamlit runs pages in threads: two first imports at the same time
+    race inside transformers' lazy module (half-initialised submodules, "cannot import name"), so the
+    first import happens under a lock; later calls return at once."""
+    global _transformers_ready
+    if _transformers_ready:
+        return
+    with _TRANSFORMERS_LOCK:
+        if _transformers_ready:
+            return
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401 - resolves the lazy names now
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        _transformers_ready = True
 
 
 def _overrides(resolved: ResolvedBackbone) -> dict:
@@ -97,9 +114,9 @@ def _overrides(resolved: ResolvedBackbone) -> dict:
 
 def load_backbone_config(spec: str):
     """The backbone's architecture config (reads a small JSON file; no weights)."""
+    _quiet_transformers()
     from transformers import AutoConfig
 
-    _quiet_transformers()
     resolved = resolve_backbone(spec)
     try:
         return AutoConfig.from_pretrained(resolved.source, trust_remote_code=False, **_overrides(resolved))
@@ -108,9 +125,9 @@ def load_backbone_config(spec: str):
 
 
 def load_tokenizer(spec: str):
+    _quiet_transformers()
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
     resolved = resolve_backbone(spec)
     try:
         return AutoTokenizer.from_pretrained(resolved.source, trust_remote_code=False)
@@ -121,9 +138,10 @@ def load_tokenizer(spec: str):
 def load_backbone(spec: str, seed: int = 0):
     """The backbone module: pretrained weights, or (for *-scratch) a seeded random init."""
     import torch
-    from transformers import AutoModel
 
     _quiet_transformers()
+    from transformers import AutoModel
+
     resolved = resolve_backbone(spec)
     try:
         if resolved.pretrained:

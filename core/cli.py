@@ -390,8 +390,35 @@ def cmd_work(args) -> int:
     from core.train import train_run
 
     raise_stop_on_sigterm()
-    state = train_run(_store(args), args.run, resume=args.resume)
+    store = _store(args)
+    state = train_run(store, args.run, resume=args.resume)
+    if state == RunState.COMPLETED and not any(t.startswith("study:") for t in store.read_config(args.run).tags):
+        _measure_int8_quietly(store, args.run)
     return 0 if state in (RunState.COMPLETED, RunState.STOPPED) else 1
+
+
+def _measure_int8_quietly(store: RunStore, run_id: str) -> None:
+    """After a run completes: how often int8 agrees with full precision, for the Playground's int8 switch.
+    Study runs skip it (many runs, none served); ``python -m core int8 RUN`` measures any run on demand. A
+    failure here never fails the run, which is already complete: the Playground then stays in full precision."""
+    from core.predict import measure_int8
+
+    try:
+        measure_int8(store, run_id)
+    except Exception as exc:  # noqa: BLE001 - the run is complete; int8 is an optional speed-up
+        print(f"int8 agreement not measured: {exc!r}", file=sys.stderr)
+
+
+def cmd_int8(args) -> None:
+    from core.predict import measure_int8
+
+    store = _store(args)
+    store.existing_path(args.run)
+    report = measure_int8(store, args.run)
+    verdict = "int8 allowed" if report["allowed"] else "int8 not allowed (the Playground stays in full precision)"
+    print(
+        f"{args.run}: int8 agrees with full precision on {report['agreement']:.1%} of {report['n']:,} test sentences: {verdict}"
+    )
 
 
 def _fmt_acc(summary: RunSummary | None) -> str:
@@ -576,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("int8", help="measure how often int8 agrees with full precision on a run's test sentences")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_int8)
     p = sub.add_parser("export", help="write a run as a sentence-transformers folder (heads and README included)")
     p.add_argument("run")
     p.add_argument("dir", help="the folder to write (absent or empty)")

@@ -462,16 +462,31 @@ def _pick(idx: np.ndarray, labels: np.ndarray, size: int, seed: int, keep_rest: 
     return np.sort(rest), np.sort(picked)
 
 
+def _split_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int]:
+    """(validation, test) sizes for ``n`` examples: their fractions, but 2 at least."""
+    return max(2, round(n * val_frac)), max(2, round(n * test_frac))
+
+
+def _splittable(n: int, val_frac: float, test_frac: float) -> bool:
+    """Whether ``n`` examples make three splits: MIN_EXAMPLES in all, 2 or more left for training."""
+    n_val, n_test = _split_sizes(n, val_frac, test_frac)
+    return n >= MIN_EXAMPLES and n - n_val - n_test >= 2
+
+
 def _three_way(
     labels: np.ndarray, val_frac: float, test_frac: float, seed: int, source: str, unit: str = "examples"
 ) -> tuple[np.ndarray, ...]:
     n = len(labels)
-    n_val, n_test = max(2, round(n * val_frac)), max(2, round(n * test_frac))
-    if n < MIN_EXAMPLES or n - n_val - n_test < 2:
+    if not _splittable(n, val_frac, test_frac):
+        # Only rows can fix this: the split sizes are not settings a run can change (no config key holds them).
+        first = max(n + 1, MIN_EXAMPLES)
+        needed = next((m for m in range(first, 10_000_000) if _splittable(m, val_frac, test_frac)), first)
+        rows = "rows with both a text and a label" if unit == "examples" else unit
         raise DataError(
-            f"{source}: only {n} usable {unit} to split into train/validation/test; at least {MIN_EXAMPLES} "
-            "(2+ per split) are needed. Add more rows or lower validation_fraction / test_fraction."
+            f"{source}: only {n} usable {unit} to split into train/validation/test (2+ {unit} in each); "
+            f"at least {needed} are needed. Add {needed - n} or more {rows} to the data."
         )
+    n_val, n_test = _split_sizes(n, val_frac, test_frac)
     rest, test = _pick(np.arange(n), labels, n_test, seed)
     train, val = _pick(rest, labels, n_val, seed)
     return train, val, test

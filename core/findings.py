@@ -90,6 +90,8 @@ SPECS: dict[str, MetricSpec] = {
                    ("gains", "loses"), bootstrap=True),
         MetricSpec("test_macro_f1", "difference", "points", "{task} test macro-F1", "{verb} {size} of {label}",
                    ("gains", "loses")),
+        MetricSpec("test_balanced_accuracy", "difference", "points", "{task} test balanced accuracy",
+                   "{verb} {size} of {label}", ("gains", "loses")),
         MetricSpec("train_val_gap", "difference", "points", "{task} train-validation gap",
                    "{verb} the {label} by {size}", ("widens", "narrows"), higher_is_better=False),
         MetricSpec("drift", "difference", "points", "{task} drift (test accuracy change from its source run)",
@@ -229,7 +231,7 @@ def _run_values(record: RunRecord, tasks: dict[str, str]) -> dict[str, float]:
         t = s.tasks.get(name)
         if t is None:
             continue
-        for key in ("test_accuracy", "test_macro_f1", "val_accuracy"):
+        for key in ("test_accuracy", "test_macro_f1", "test_balanced_accuracy", "val_accuracy"):
             v = getattr(t, key)
             if _finite(v):
                 out[f"{key}:{letter}"] = float(v)

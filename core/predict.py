@@ -17,6 +17,18 @@ from core.errors import CheckpointError, FreezeLabError, PredictError
 from core.store import RunStore, read_json, write_json_atomic
 
 
+def clean_text(text: str) -> str:
+    """``text`` with every unpaired UTF-16 surrogate replaced by U+FFFD; a valid pair becomes its character.
+
+    They reach us from bytes that are not UTF-8 (``python -m core predict RUN $'\\xff'`` gives '\\udcff':
+    surrogateescape) or from JSON-escaped text ('\\ud800'); the tokenizer refuses them (TypeError)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # rare; text without surrogates costs only the encode above
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 class Predictor:
     def __init__(self, model, tokenizer, meta: dict, device: torch.device, run_id: str | None = None) -> None:
         self.model, self.tokenizer, self.meta, self.device, self.run_id = model, tokenizer, meta, device, run_id
@@ -57,12 +69,17 @@ class Predictor:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text before truncation (special tokens included): more than ``max_length`` were cut."""
-        return [len(ids) for ids in self.tokenizer([t.strip() for t in texts], truncation=False)["input_ids"]]
+        cleaned = [clean_text(t).strip() for t in texts]
+        return [len(ids) for ids in self.tokenizer(cleaned, truncation=False)["input_ids"]] if cleaned else []
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
         """Per task, a (len(texts), n_labels) tensor of class probabilities."""
-        cleaned = [t.strip() if isinstance(t, str) else "" for t in texts]
+        if not texts:
+            raise PredictError(
+                "no text given: type a sentence (one a line), or pick a column that has text, to get predictions."
+            )
+        cleaned = [clean_text(t).strip() if isinstance(t, str) else "" for t in texts]
         empty = [i for i, t in enumerate(cleaned) if not t]
         if empty:
             raise PredictError(
@@ -97,7 +114,8 @@ class Predictor:
                     "probabilities": dict(zip(names, row)),
                 }
             truncated = counts[i] > self.max_length
-            results.append({"text": text, "tokens": counts[i], "truncated": truncated, "tasks": tasks})
+            shown = clean_text(text)  # as the model read it: a lone surrogate cannot be shown or written as UTF-8
+            results.append({"text": shown, "tokens": counts[i], "truncated": truncated, "tasks": tasks})
         return results
 
     def timed_predict(self, texts: list[str]) -> tuple[list[dict], float]:

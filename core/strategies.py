@@ -262,9 +262,12 @@ def plan(cfg: RunConfig, num_labels: dict[str, int] | None = None) -> dict:
     cheap enough for the dashboard to call on every change of an option.
     """
     import torch
+
+    from core.backbones import _quiet_transformers, load_backbone_config
+
+    _quiet_transformers()  # the first import of transformers, once, under a lock (pages run in threads)
     from transformers import AutoModel
 
-    from core.backbones import load_backbone_config
     from core.model import MultiTaskModel, parameter_report
 
     config = load_backbone_config(cfg.backbone)

@@ -72,6 +72,8 @@ class Scale:
     train_examples: int
     ladder: tuple[int, ...]
     limited_task_examples: int = 200
+    rare_class: str = "negative"  # of the default Task B (Rotten Tomatoes sentiment)
+    rare_class_fraction: float = 0.1
 
 
 SCALES = {
@@ -217,11 +219,36 @@ def builtin_designs(scale: Scale, n_layers: int = 6) -> dict[str, Design]:
             ("test_macro_f1:b", "test_accuracy:b", "test_accuracy:a"),
             note="frozen_backbone keeps these runs cheap; the options work with every strategy.",
         ),
+        Design(
+            "class_imbalance",
+            "A rare class in one task: what helps?",
+            f"Task B training split {round(scale.rare_class_fraction * 100)}% {scale.rare_class}",
+            tuple(
+                Cell(
+                    label,
+                    {**fb, "task_b.class_ratio": {scale.rare_class: scale.rare_class_fraction}, **over},
+                    reference=label == "plain",
+                )
+                for label, over in (
+                    ("plain", {}),
+                    ("inverse-frequency class weights", {"task_b.class_weighting": "inverse"}),
+                    ("effective-number class weights", {"task_b.class_weighting": "effective"}),
+                    ("class-balanced sampler", {"task_b.class_balanced_sampling": True}),
+                    ("augmentation (EDA x2)", {"task_b.augment": "eda", "task_b.augment_copies": 2}),
+                )
+            ),
+            ("test_macro_f1:b", "test_balanced_accuracy:b", "test_accuracy:b", "test_accuracy:a"),
+            note="Only the training split is made imbalanced; validation and test keep their balance, so the "
+            "damage and the repair are both measured.",
+        ),
     ]
     return {d.id: d for d in designs}
 
 
-QUESTIONS = ("speed", "overfitting", "head_drift", "freeze_depth", "pretraining", "backbone", "multitask", "imbalance")
+QUESTIONS = (
+    "speed", "overfitting", "head_drift", "freeze_depth", "pretraining", "backbone", "multitask", "imbalance",
+    "class_imbalance",
+)  # fmt: skip
 
 
 def custom_design(factors: dict[str, list[Any]], reference: dict[str, Any] | None = None) -> Design:

@@ -44,7 +44,10 @@ def int8_choice(run_id: str, wanted: bool) -> tuple[bool, str | None]:
         return False, None
     report = read_int8_report(get_store(), run_id)
     if report is None:
-        return False, "int8 agreement not measured for this run (it is measured when training ends): full precision"
+        return (
+            False,
+            "int8 agreement not measured for this run (measured when a run ends, except in studies; `python -m core int8 RUN` measures it): full precision",
+        )
     agreement = f"{100 * report['agreement']:.1f}%"
     if report["allowed"]:
         return True, f"int8 (agreement {agreement} with full precision on {report['n']:,} test sentences)"

@@ -313,7 +313,7 @@ def test_freeze_layers_beyond_depth_fails_the_run_with_a_clear_message(store):
         train_run(store, run_id)
     status = store.read_status(run_id)
     assert status.state == RunState.FAILED
-    assert "freeze_layers=5" in status.error and "only 1 layers" in status.error
+    assert "freeze_layers=5" in status.error and "has 1 layer" in status.error
     assert not status.error.startswith("Unexpected error")  # a user error is shown as it is
 
 

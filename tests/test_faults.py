@@ -227,7 +227,7 @@ def test_runner_and_worker_killed_then_two_runners_restarted_at_once(jstore):
     """kill -9 of the runner and of the worker of a run in flight, then two runners started at the same
     moment: exactly one serves; the killed run is failed with the reason, with a whole checkpoint to resume
     from (resume itself is proven by the kill series above); the queued run trains exactly once."""
-    first = jobs.submit(jstore, fault_config(name="in-flight"), start_runner=False)
+    first = jobs.submit(jstore, fault_config(name="in-flight", max_steps=2000), start_runner=False)
     second = jobs.submit(jstore, fault_config(name="queued", max_steps=6), start_runner=False)
     runner = start_runner(jstore, grace_seconds=2)
     pid = wait_for_pid(jstore, first, 120)

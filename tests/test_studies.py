@@ -25,7 +25,7 @@ def _cells(design_id: str, scale: str = "quick", n_layers: int = 6) -> list[stud
 @pytest.mark.parametrize(
     ("design_id", "n_cells"),
     [("speed", 3), ("overfitting", 9), ("head_drift", 3), ("freeze_depth", 8), ("pretraining", 2), ("backbone", 3),
-     ("multitask", 3), ("imbalance", 7)],
+     ("multitask", 3), ("imbalance", 7), ("class_imbalance", 5)],
 )  # fmt: skip
 def test_each_builtin_design_plans_cells_times_seeds(design_id, n_cells):
     design = studies.builtin_designs(studies.SCALES["quick"], 6)[design_id]
