@@ -1,4 +1,5 @@
-"""Compare: a decision view first (what the runs can and cannot tell apart), then curves, results and config."""
+"""Compare: a decision view first (what the runs can and cannot tell apart), then curves, results and config,
+and for uneven data (the Imbalance tab) per-class recall over training, the curriculum and the loss weights."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from pages.common import (
     to_url,
 )
 
-TABS = ["Decision", "Curves", "Results", "Config diff", "Per class", "Multi-task vs separate"]
+TABS = ["Decision", "Curves", "Results", "Config diff", "Per class", "Imbalance", "Multi-task vs separate"]
 X_AXES = {"step": "step", "epoch": "epoch", "wall time (s)": "wall_seconds"}
 METRICS = ["accuracy", "macro_f1", "loss"]
 STATE_CHOICES = [s.value for s in (RunState.COMPLETED, RunState.RUNNING, RunState.STOPPED, RunState.FAILED)]
@@ -360,6 +361,173 @@ def per_class_ui(run_ids: list[str], records: dict) -> None:
         )
 
 
+# -- imbalance: per-class recall, the curriculum, the loss weights -------------------------------------
+CLASS_COLORS = px.colors.qualitative.Dark2  # classes (and tasks) told apart by hue, not by shades of one colour
+IMBALANCE_DEFAULTS = {"task_sampling": "proportional", "loss_weighting": "fixed"}
+TASK_IMBALANCE_DEFAULTS = {"class_weighting": "none", "class_balanced_sampling": False, "class_ratio": None}
+
+
+def imbalance_settings(config: dict) -> list[str]:
+    """The imbalance options a run's config sets away from their defaults, e.g. ['curriculum', 'uncertainty']."""
+    found = [str(config[k]) for k, default in IMBALANCE_DEFAULTS.items() if config.get(k, default) != default]
+    if config.get("max_task_repeats") is not None:
+        found.append(f"at most {config['max_task_repeats']} passes")
+    for task in config.get("tasks") or []:
+        if not isinstance(task, dict):
+            continue
+        changed = [k for k, default in TASK_IMBALANCE_DEFAULTS.items() if task.get(k, default) != default]
+        if task.get("augment", "none") != "none":
+            changed.append("augment")
+        if changed:
+            found.append(f"{task.get('name')}: {', '.join(k.replace('_', ' ') for k in changed)}")
+    return found
+
+
+def validation_only(evals: pd.DataFrame) -> pd.DataFrame:
+    """The validation records of eval curves (records written before the training sample existed name no split)."""
+    return evals[evals["split"].fillna("validation") == "validation"] if "split" in evals else evals
+
+
+def recall_frame(evals: pd.DataFrame) -> pd.DataFrame:
+    """Eval records as one row per (task, step, class) recall (empty when the run logged none)."""
+    if evals.empty or "recall" not in evals:
+        return pd.DataFrame(columns=["task", "step", "class", "recall"])
+    rows = [
+        {"task": r.task, "step": r.step, "class": label, "recall": value}
+        for r in evals.itertuples()
+        if isinstance(r.recall, dict)
+        for label, value in r.recall.items()
+    ]
+    return pd.DataFrame(rows, columns=["task", "step", "class", "recall"])
+
+
+def recall_chart(task: str, recall: pd.DataFrame, balanced: pd.DataFrame) -> go.Figure:
+    """One line per class (validation recall against step), with balanced accuracy (their mean) dashed."""
+    fig = go.Figure()
+    for i, (label, part) in enumerate(recall.groupby("class", sort=False)):
+        part = part.sort_values("step")
+        color = CLASS_COLORS[i % len(CLASS_COLORS)]
+        fig.add_scatter(x=part["step"], y=part["recall"], name=str(label), mode="lines+markers", line=dict(color=color))
+    if not balanced.empty:
+        balanced = balanced.sort_values("step")
+        fig.add_scatter(
+            x=balanced["step"],
+            y=balanced["balanced_accuracy"],
+            name="balanced accuracy",
+            mode="lines",
+            line=dict(color="#111827", dash="dash"),
+        )
+    fig.update_layout(
+        title=f"{task}: validation recall per class",
+        height=320,
+        margin=dict(l=0, r=0, t=40, b=0),
+        xaxis_title="step",
+        yaxis=dict(title=dict(text="recall"), range=[-0.02, 1.02]),
+    )
+    return fig
+
+
+def schedule_chart(schedule: pd.DataFrame) -> go.Figure:
+    """The curriculum's task sampling weights against step, one line per task."""
+    fig = go.Figure()
+    rows = [(r.step, task, w) for r in schedule.sort_values("step").itertuples() for task, w in r.weights.items()]
+    weights = pd.DataFrame(rows, columns=["step", "task", "weight"])
+    for i, (task, part) in enumerate(weights.groupby("task", sort=False)):
+        color = CLASS_COLORS[i % len(CLASS_COLORS)]
+        fig.add_scatter(x=part["step"], y=part["weight"], name=str(task), mode="lines+markers", line=dict(color=color))
+    fig.update_layout(
+        title="curriculum: task sampling weight",
+        height=300,
+        margin=dict(l=0, r=0, t=40, b=0),
+        xaxis_title="step",
+        yaxis=dict(title=dict(text="share of batches"), range=[-0.02, 1.02]),
+    )
+    return fig
+
+
+def loss_weight_chart(weights: pd.DataFrame, column: str, title: str) -> go.Figure:
+    """One line per task of a ``loss_weights`` column (the weight, or the learned log-variance) against step."""
+    fig = go.Figure()
+    for i, (task, part) in enumerate(weights.dropna(subset=[column]).groupby("task", sort=False)):
+        part = part.sort_values("step")
+        color = CLASS_COLORS[i % len(CLASS_COLORS)]
+        fig.add_scatter(x=part["step"], y=part[column], name=str(task), mode="lines+markers", line=dict(color=color))
+    fig.update_layout(title=title, height=300, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="step")
+    return fig
+
+
+def imbalance_ui(store, run_ids: list[str], records: dict) -> None:
+    """For one chosen run: validation recall per class over training, the curriculum's task weights and the loss
+    weights, each shown when the run logged it (metrics read through core.analysis.load_curves)."""
+    names = unique_names({r: records[r].config.get("name") or r for r in run_ids})
+    settings = {r: imbalance_settings(records[r].config) for r in run_ids}
+    default = next((r for r in run_ids if settings[r]), run_ids[0])
+    from_url("cmp_imbalance_run", "imbalance_run", default, clean=lambda v: v if v in names else None)
+    run_id = st.selectbox(
+        "Run",
+        run_ids,
+        key="cmp_imbalance_run",
+        format_func=lambda r: f"{names[r]} · {'; '.join(settings[r])}" if settings[r] else names[r],
+    )
+    to_url(imbalance_run=(run_id, default))
+    config = records[run_id].config
+    st.caption(
+        f"Imbalance options: {'; '.join(settings[run_id])}."
+        if settings[run_id]
+        else "This run uses no imbalance option (proportional sampling, fixed loss weights, no class options)."
+    )
+
+    st.markdown("**Recall per class** (validation)")
+    evals = validation_only(load_curves(store, [run_id]))
+    recall = recall_frame(evals)
+    if recall.empty:
+        st.caption("No per-class recall in this run's validation records yet (runs log it at each evaluation).")
+    else:
+        tasks = list(dict.fromkeys(recall["task"]))
+        for col, task in zip(st.columns(len(tasks)), tasks):
+            part = evals[evals["task"] == task]
+            balanced = part[["step", "balanced_accuracy"]].dropna() if "balanced_accuracy" in part else pd.DataFrame()
+            fig = recall_chart(task, recall[recall["task"] == task], balanced)
+            col.plotly_chart(fig, width="stretch", key=f"imbalance-recall-{task}")
+
+    st.markdown("**Curriculum**")
+    schedule = load_curves(store, [run_id], kind="schedule")
+    if schedule.empty or "weights" not in schedule:
+        sampling = config.get("task_sampling", "proportional")
+        st.caption(
+            "No schedule records yet: a curriculum run logs its task weights as it trains."
+            if sampling == "curriculum"
+            else f"No curriculum schedule: this run's task sampling is {sampling}. With task sampling = curriculum "
+            "(Launch, Imbalance) the batches move from the abundant task to the curriculum target."
+        )
+    else:
+        st.plotly_chart(schedule_chart(schedule), width="stretch", key="imbalance-schedule")
+
+    st.markdown("**Loss weights**")
+    weights = load_curves(store, [run_id], kind="loss_weights")
+    if weights.empty or "weight" not in weights:
+        weighting = config.get("loss_weighting", "fixed")
+        st.caption(
+            f"No loss-weight records yet: {weighting} weighting logs its weights as the run trains."
+            if weighting != "fixed"
+            else "No loss-weight records: this run uses fixed loss weights (each task's Loss weight). "
+            "inverse_size and uncertainty weighting log theirs as they train."
+        )
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(
+        loss_weight_chart(weights, "weight", "loss weight per task"), width="stretch", key="imbalance-loss-weight"
+    )
+    if "log_variance" in weights and weights["log_variance"].notna().any():
+        right.plotly_chart(
+            loss_weight_chart(weights, "log_variance", "learned log-variance s per task (weight = exp(-s))"),
+            width="stretch",
+            key="imbalance-log-variance",
+        )
+    else:
+        right.caption("No learned log-variance: only uncertainty weighting (Kendall et al. 2018) learns one.")
+
+
 def config_ui(run_ids: list[str], records: dict) -> None:
     names = unique_names({r: records[r].config.get("name") or r for r in run_ids})
     diff = config_diff({names[r]: records[r].config for r in run_ids})
@@ -409,6 +577,8 @@ def compare_view(run_ids: list[str], records: dict, refreshing: bool) -> None:
             config_ui(run_ids, records)
         elif opened == "Per class":
             per_class_ui(run_ids, records)
+        elif opened == "Imbalance":
+            imbalance_ui(store, run_ids, records)
         else:
             separate_ui(run_ids, records)
 

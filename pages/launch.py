@@ -1,10 +1,14 @@
 """Launch: choose backbone, strategy, data and settings; see what trains and how much data each split gets;
-queue runs or a sweep. Every value is kept while you visit other pages; problems show next to their field."""
+queue runs or a sweep. Every value is kept while you visit other pages; problems show next to their field.
+The Imbalance expander holds the options for uneven data: how tasks are mixed and weighted, and per task
+class weights, class-balanced batches, a rare-class scenario (class ratio) and augmentation."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import re
 from pathlib import Path
 
@@ -13,7 +17,17 @@ import streamlit as st
 
 from core import jobs
 from core.backbones import BUILTIN_BACKBONES
-from core.config import ConfigError, RunConfig, TaskConfig
+from core.config import (
+    Augment,
+    ClassWeighting,
+    ConfigError,
+    CurriculumTarget,
+    LossWeighting,
+    RunConfig,
+    TaskConfig,
+    TaskSampling,
+    choices,
+)
 from core.data import BUILTIN_DATASETS, load_task_data, preview_file, read_table
 from core.errors import DataError
 from core.strategies import STRATEGIES, plan
@@ -45,7 +59,54 @@ FIELD_LABELS = {
     "max_train_examples": "Training examples",
     "loss_weight": "Loss weight",
     "dataset": "Data",
+    "curriculum_target": "Curriculum target",
+    "max_task_repeats": "Max passes over a task's data",
+    "loss_weighting": "Loss weighting",
+    "class_weighting": "Class weighting",
+    "class_balanced_sampling": "Class-balanced batches",
+    "class_ratio": "Class ratio",
+    "augment": "Augmentation",
+    "augment_copies": "Augmented copies",
+    "augment_alpha": "Share of words changed",
 }
+# The Imbalance expander: what each choice does, with the idea it comes from.
+SAMPLING_HELP = (
+    "Which task each batch comes from. proportional: by training-set size; round_robin: alternate tasks; "
+    "temperature: size^(1/2), between the two (T5); uniform: both tasks equally likely; curriculum: starts on "
+    "the abundant task and moves the weight to the curriculum target by the last step."
+)
+TARGET_HELP = (
+    "Where a curriculum ends (used only when task sampling is curriculum, or when a sweep varies task "
+    "sampling to curriculum): uniform = equal weights, proportional = by size, limited = all weight on the "
+    "smallest task."
+)
+REPEATS_HELP = (
+    "UniMax (Chung et al. 2023): a small task gets at most this many passes over its training data in the run, so "
+    "up-sampling it does not make it memorise its few examples; the batches it gives up go to the other task "
+    "(when every task hits its cap, the run is shorter). Empty: no cap."
+)
+LOSS_WEIGHTING_HELP = (
+    "fixed: each task's Loss weight. inverse_size: 1 / training size (normalised to mean 1), so the small task "
+    "counts as much as the large one. uncertainty: a learned weight per task (Kendall et al. 2018, "
+    "exp(-s) * loss + s / 2 with a learned log-variance s): a noisy or hard task is weighted down."
+)
+CLASS_WEIGHTING_HELP = (
+    "Weights each class in this task's cross-entropy, for a rare class. inverse: 1 / class frequency. effective: "
+    "the effective number of samples, (1 - beta) / (1 - beta^n) (Cui et al. 2019): gentler than inverse for a "
+    "very rare class."
+)
+BALANCED_HELP = "Draw every class equally often within this task's batches (the rare class is oversampled)."
+RATIO_HELP = (
+    "Keep only this fraction of a class in the TRAINING split, to simulate a rare class; validation and test keep "
+    "their class mix, so the damage shows. CLASS=FRACTION, several separated by commas, e.g. negative=0.1. "
+    "Empty: keep everything."
+)
+AUGMENT_HELP = (
+    "Extra training copies of this task's examples (training split only, no download). eda: random deletion, "
+    "swap and insertion of words (Wei & Zou 2019); embedding: words replaced by their nearest neighbours in the "
+    "backbone's input embeddings; both: half of each."
+)
+MIN_RATIO = 0.001  # TaskConfig's lower bound for a class_ratio fraction
 _FIELD_RE = re.compile(r"^(?:tasks\[(?P<task>\d+)\]\.)?(?P<field>[a-z_]+)=(?P<value>.*?)(?P<rest>(?: is |: ).*)$", re.S)
 
 
@@ -71,6 +132,9 @@ class TaskForm:
     n_labels: int = 0
     ok: bool = True
     slots: dict = dataclasses.field(default_factory=dict)
+    data_name: str = ""  # the data as the user chose it: a built-in name, a file name, a hub id
+    label_names: list[str] | None = None  # the dataset's classes, when the page has read the data
+    train_classes: dict[str, int] | None = None  # training examples per class (after the training cap)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -105,7 +169,13 @@ def split_sizes(dataset: str, text: str, label: str, max_train: int | None, mtim
         )
     except DataError as exc:
         return {"error": str(exc)}
-    return {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}
+    return {
+        "train": len(data.train),
+        "validation": len(data.validation),
+        "test": len(data.test),
+        "labels": list(data.label_names),
+        "train_classes": data.summary()["train"]["classes"],
+    }
 
 
 def name_problem(name: str, default_name: str) -> str | None:
@@ -129,6 +199,7 @@ def data_check_ui(form: TaskForm, dataset: str, text: str, label: str, cap: int 
         form.ok = False
         return
     train, val, test = sizes["train"], sizes["validation"], sizes["test"]
+    form.label_names, form.train_classes = sizes["labels"], sizes["train_classes"]
     st.caption(f"Split sizes: {train:,} train · {val:,} validation · {test:,} test")
     if min(train, val, test) < MIN_SPLIT:
         st.error(
@@ -174,6 +245,7 @@ def task_ui(letter: str, default_name: str, default_dataset: str) -> TaskForm:
             format_func=lambda n: f"{n}: {BUILTIN_DATASETS[n]}",
         )
         n_labels = BUILTIN_LABELS.get(dataset, 2)
+        form.data_name = dataset
     elif source == "Upload a file":
         upload = st.file_uploader(
             "CSV, JSONL or Parquet",
@@ -191,7 +263,7 @@ def task_ui(letter: str, default_name: str, default_dataset: str) -> TaskForm:
             return form
         if upload is None:
             st.caption(f"Using {kept[0]}, uploaded earlier (upload another file to replace it).")
-        dataset = kept[1]
+        dataset, form.data_name = kept[1], kept[0]
         preview = cached_preview(dataset, Path(dataset).stat().st_mtime)
         st.dataframe(preview["rows"], hide_index=True, width="stretch")
         cols = preview["columns"]
@@ -219,7 +291,7 @@ def task_ui(letter: str, default_name: str, default_dataset: str) -> TaskForm:
         if not hub:
             form.ok = False
             return form
-        dataset, check = f"hf:{hub}", False
+        dataset, check, form.data_name = f"hf:{hub}", False, hub
         text_col = st.text_input("Text column", "text", key=f"htc_{letter}", persist_state=KEEP)
         label_col = st.text_input("Label column", "label", key=f"hlc_{letter}", persist_state=KEEP)
         st.caption("A hub dataset is checked when its run starts (it needs network).")
@@ -372,14 +444,6 @@ def settings_ui(slots: dict, extra: dict) -> dict:
             )
         )
         or None,
-        "task_sampling": field(
-            c1,
-            "task_sampling",
-            c1.selectbox,
-            "Task sampling",
-            ["proportional", "round_robin", "temperature"],
-            help="How batches of the two tasks are mixed; temperature uses size^(1/2) (T5).",
-        ),
     }
     name = field(c2, "name", c2.text_input, "Run name (optional)")
     values["name"] = name.strip() or None
@@ -398,6 +462,175 @@ def settings_ui(slots: dict, extra: dict) -> dict:
     if decay < 1.0:
         extra["layer_lr_decay"] = float(decay)
     return values
+
+
+# -- the Imbalance expander ---------------------------------------------------------------------------
+def class_ratio_from_text(
+    text: str, labels: list[str] | None, dataset: str
+) -> tuple[dict[str, float] | None, str | None]:
+    """'negative=0.1, positive=0.5' as {class: fraction} (None when empty), or the error in the user's words: the
+    bad part and how to write it. Class names are checked against ``labels`` when the page has read the data."""
+    ratio: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, value = (x.strip() for x in part.partition("="))
+        example = f"{name}=0.1" if sep and name else f"{(labels or ['negative'])[0]}=0.1"
+        if not sep and (glued := _GLUED_RE.fullmatch(part)):  # negative0.1 or negative:0.1
+            example = f"{glued[1]}={glued[2]}"
+        if not sep or not name or not value:
+            return None, (
+                f"Class ratio part {part!r} is not CLASS=FRACTION: write e.g. {example} "
+                "(several classes separated by commas)."
+            )
+        try:
+            fraction = float(value)
+        except ValueError:
+            return (
+                None,
+                f"Class ratio part {part!r}: {value!r} is not a number; write the fraction to keep, e.g. {example}.",
+            )
+        if not math.isfinite(fraction) or not MIN_RATIO <= fraction <= 1:
+            return None, (
+                f"Class ratio part {part!r}: the fraction of class {name!r} to keep must be between {MIN_RATIO:g} "
+                f"and 1 (0.1 keeps a tenth of it), e.g. {name}=0.1."
+            )
+        if name in ratio:
+            return None, f"Class ratio names class {name!r} twice: give each class once."
+        if labels is not None and name not in labels:
+            close = difflib.get_close_matches(name, labels, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            return None, (
+                f"Class ratio part {part!r}: {name!r} is not a class of {dataset}; its classes are "
+                f"{', '.join(labels)}.{hint}"
+            )
+        ratio[name] = fraction
+    return (ratio or None), None
+
+
+_GLUED_RE = re.compile(r"(.*?[^\d.\s:])[\s:]*(\d*\.?\d+)")
+
+
+def ratio_effect(ratio: dict[str, float], counts: dict[str, int]) -> str:
+    """What a class ratio leaves of the training split, counted as the engine keeps rows (at least one a class)."""
+    after = {c: (max(1, round(ratio[c] * n)) if c in ratio and n else n) for c, n in counts.items()}
+    parts = [f"{c} {counts[c]:,} → {after[c]:,}" if c in ratio else f"{c} {counts[c]:,}" for c in counts]
+    return f"Training examples per class after the ratio: {' · '.join(parts)} ({sum(after.values()):,} in all)."
+
+
+def task_imbalance_ui(form: TaskForm) -> None:
+    """One task's imbalance options, written into its config; a bad class ratio is said under its field."""
+    letter = form.letter
+    weighting = st.selectbox(
+        "Class weighting",
+        choices(ClassWeighting),
+        key=f"imb_cw_{letter}",
+        persist_state=KEEP,
+        help=CLASS_WEIGHTING_HELP,
+    )
+    form.slots["class_weighting"] = st.empty()
+    balanced = st.checkbox("Class-balanced batches", key=f"imb_bal_{letter}", persist_state=KEEP, help=BALANCED_HELP)
+    form.slots["class_balanced_sampling"] = st.empty()
+    ratio_text = st.text_input(
+        "Class ratio (training split only)",
+        key=f"imb_ratio_{letter}",
+        persist_state=KEEP,
+        placeholder=f"e.g. {(form.label_names or ['negative'])[-1]}=0.1",
+        help=RATIO_HELP,
+    )
+    form.slots["class_ratio"] = st.empty()
+    ratio, problem = class_ratio_from_text(ratio_text, form.label_names, form.data_name or form.config.dataset)
+    if problem:
+        form.slots["class_ratio"].error(problem)
+        form.ok = False
+    elif ratio and form.train_classes:
+        st.caption(ratio_effect(ratio, form.train_classes))
+    elif ratio and form.label_names is None:
+        st.caption("The class names are checked against the data when the run starts.")
+    augment = st.selectbox(
+        "Augmentation", choices(Augment), key=f"imb_aug_{letter}", persist_state=KEEP, help=AUGMENT_HELP
+    )
+    form.slots["augment"] = st.empty()
+    c1, c2 = st.columns(2)
+    copies = c1.number_input(
+        "Augmented copies",
+        1,
+        20,
+        1,
+        key=f"imb_copies_{letter}",
+        persist_state=KEEP,
+        disabled=augment == Augment.NONE,
+        help="Augmented copies of each training example.",
+    )
+    form.slots["augment_copies"] = c1.empty()
+    alpha = c2.number_input(
+        "Share of words changed",
+        0.01,
+        0.5,
+        0.1,
+        step=0.05,
+        key=f"imb_alpha_{letter}",
+        persist_state=KEEP,
+        disabled=augment == Augment.NONE,
+        help="Share of a sentence's words each augmented copy changes.",
+    )
+    form.slots["augment_alpha"] = c2.empty()
+    on = augment != Augment.NONE  # copies and share mean nothing without augmentation: keep the defaults then
+    form.config = dataclasses.replace(
+        form.config,
+        class_weighting=weighting,
+        class_balanced_sampling=bool(balanced),
+        class_ratio=ratio,
+        augment=augment,
+        augment_copies=int(copies) if on else 1,
+        augment_alpha=float(alpha) if on else 0.1,
+    )
+
+
+def imbalance_ui(slots: dict, forms: list[TaskForm]) -> dict:
+    """How the tasks are mixed and weighted (RunConfig keywords, returned) and each task's own options (written
+    into its config). Every value is kept across pages like the rest of the form."""
+    c1, c2 = st.columns(2)
+    sampling = c1.selectbox(
+        "Task sampling", choices(TaskSampling), key="set_task_sampling", persist_state=KEEP, help=SAMPLING_HELP
+    )
+    slots["task_sampling"] = c1.empty()
+    target = c2.selectbox(
+        "Curriculum target",
+        choices(CurriculumTarget),
+        key="imb_curriculum_target",
+        persist_state=KEEP,
+        help=TARGET_HELP,
+    )
+    slots["curriculum_target"] = c2.empty()
+    repeats = c1.number_input(
+        "Max passes over a task's data",
+        min_value=1.0,
+        max_value=1000.0,
+        value=None,
+        step=1.0,
+        key="imb_max_repeats",
+        persist_state=KEEP,
+        placeholder="no cap",
+        help=REPEATS_HELP,
+    )
+    slots["max_task_repeats"] = c1.empty()
+    weighting = c2.selectbox(
+        "Loss weighting", choices(LossWeighting), key="imb_loss_weighting", persist_state=KEEP, help=LOSS_WEIGHTING_HELP
+    )
+    slots["loss_weighting"] = c2.empty()
+    columns = st.columns(2)
+    for col, form in zip(columns, forms):
+        with col:
+            st.markdown(f"**Task {form.letter}**")
+            if form.config is None:
+                st.caption(f"Task {form.letter} is off or has no data yet.")
+            else:
+                task_imbalance_ui(form)
+    values = {"task_sampling": sampling, "loss_weighting": weighting, "max_task_repeats": repeats}
+    if sampling == TaskSampling.CURRICULUM:  # elsewhere the target means nothing: configs keep the default
+        values["curriculum_target"] = target
+    return values | {"curriculum_target_choice": target}
 
 
 def what_trains_ui(cfg: RunConfig, forms: list[TaskForm]) -> dict | None:
@@ -419,7 +652,37 @@ def what_trains_ui(cfg: RunConfig, forms: list[TaskForm]) -> dict | None:
     return report
 
 
-def sweep_ui(cfg: RunConfig | None, seeds: list[int], n_tasks: int, report: dict | None) -> None:
+def imbalance_sweep_ui(cfg: RunConfig | None, forms: list[TaskForm]) -> dict[str, list]:
+    """Imbalance options a sweep may vary, as ``jobs.sweep``'s ``vary`` ({config key: values}); an empty choice
+    keeps the launch form's value. A task's keys are task_a / task_b by its place in the config."""
+    st.markdown("**Also vary** (empty: the value set under Imbalance)")
+
+    def pick(label: str, options: list, key: str, **kwargs) -> list:
+        return st.multiselect(label, options, key=key, persist_state=KEEP, placeholder="as set above", **kwargs)
+
+    vary = {
+        "task_sampling": pick("Task sampling values", choices(TaskSampling), "sweep_task_sampling"),
+        "loss_weighting": pick("Loss weighting values", choices(LossWeighting), "sweep_loss_weighting"),
+    }
+    for i, form in enumerate(forms if cfg is not None else []):
+        prefix, name = f"task_{'ab'[i]}", cfg.tasks[i].name
+        vary[f"{prefix}.class_weighting"] = pick(
+            f"Class weighting values for {name}", choices(ClassWeighting), f"sweep_cw_{form.letter}"
+        )
+        vary[f"{prefix}.class_balanced_sampling"] = pick(
+            f"Class-balanced batches for {name}",
+            [False, True],
+            f"sweep_bal_{form.letter}",
+            format_func=lambda on: "on" if on else "off",
+        )
+        vary[f"{prefix}.augment"] = pick(
+            f"Augmentation values for {name}", choices(Augment), f"sweep_aug_{form.letter}"
+        )
+    return {key: values for key, values in vary.items() if values}
+
+
+def sweep_ui(cfg: RunConfig | None, seeds: list[int], forms: list[TaskForm], report: dict | None, target: str) -> None:
+    n_tasks = len(forms)
     with st.popover("Launch a sweep", width="stretch", disabled=cfg is None):
         picked = st.multiselect(
             "Strategies", list(STRATEGIES), default=SWEEP_DEFAULT, key="sweep_strategies", persist_state=KEEP
@@ -446,14 +709,24 @@ def sweep_ui(cfg: RunConfig | None, seeds: list[int], n_tasks: int, report: dict
             key="sweep_separate",
             persist_state=KEEP,
         )
-        per_seed = len(picked) - len(deep) + len(deep) * len(depths)
+        vary = imbalance_sweep_ui(cfg, forms)
+        per_seed = (len(picked) - len(deep) + len(deep) * len(depths)) * math.prod(len(v) for v in vary.values())
         st.caption(
             f"{per_seed} configurations x {len(seeds)} seeds = {per_seed * len(seeds)} runs"
             f"{' (x3 with separate models)' if separate else ''}, in the background."
         )
         if st.button("Queue the sweep", disabled=not picked or cfg is None or (bool(deep) and not depths)):
+            base = cfg
+            if TaskSampling.CURRICULUM in vary.get("task_sampling", []):  # its runs end where the form says
+                base = dataclasses.replace(cfg, curriculum_target=target)
             sweep_id, ids = jobs.sweep(
-                get_store(), cfg, strategies=picked, seeds=seeds, freeze_layers=depths or None, separate_models=separate
+                get_store(),
+                base,
+                strategies=picked,
+                seeds=seeds,
+                freeze_layers=depths or None,
+                separate_models=separate,
+                vary=vary or None,
             )
             st.success(f"Queued sweep {sweep_id} with {len(ids)} runs. Compare them on the Compare page.")
 
@@ -474,6 +747,9 @@ def page() -> None:
             form_b = task_ui("B", "sentiment", "rt_sentiment")
         with st.expander("Training settings"):
             values = settings_ui(slots, extra)
+        with st.expander("Imbalance"):
+            values |= imbalance_ui(slots, [form_a, form_b])
+    target = values.pop("curriculum_target_choice")
     forms = [f for f in (form_a, form_b) if f.config is not None]
     tasks = [f.config for f in forms]
     for i, form in enumerate(forms):  # a config error about tasks[i] goes under that task's field
@@ -522,9 +798,11 @@ def page() -> None:
             ids = [jobs.submit(store, RunConfig.from_dict({**cfg.to_dict(), "seed": seed})) for seed in seeds]
             st.success(f"Queued {len(ids)} run(s): {', '.join(ids)}. Follow them on the Runs page.")
         if cfg is None:
-            st.caption("Launch is off until every field marked in red is fixed (some sit under Training settings).")
+            st.caption(
+                "Launch is off until every field marked in red is fixed (some sit under Training settings or Imbalance)."
+            )
     with c2:
-        sweep_ui(cfg, seeds, len(tasks), report)
+        sweep_ui(cfg, seeds, forms, report, target)
 
 
 page()
