@@ -91,9 +91,11 @@ _transformers_ready = False
 
 def _quiet_transformers() -> None:
     """Import transformers and its Auto classes, once, and quiet its logging; call it BEFORE any
-    ``from transformers import ...``. Streamlit runs pages in threads: two first imports at the same time
-    race inside transformers' lazy module (half-initialised submodules, "cannot import name"), so the
-    first import happens under a lock; later calls return at once."""
+    ``from transformers import ...``. Streamlit runs pages in threads, and a first import of transformers
+    is not thread-safe: transformers/__init__ ends by replacing itself in sys.modules with its lazy module,
+    and a thread whose import arrives while another thread is still running that __init__ waits, then gets
+    the original, half-built module ("ImportError: cannot import name 'AutoConfig'"). So the first import
+    happens here under a lock and every other thread waits for it to end; later calls return at once."""
     global _transformers_ready
     if _transformers_ready:
         return

@@ -165,11 +165,10 @@ def read_checkpoint_meta(ckpt_dir: Path) -> dict:
 
 def load_model(ckpt_dir: Path, device: str | torch.device = "cpu") -> tuple[MultiTaskModel, object, dict]:
     """Rebuild model and tokenizer from a checkpoint folder alone (plus the base backbone for deltas)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
     from core.backbones import _quiet_transformers, load_backbone
 
-    _quiet_transformers()
+    _quiet_transformers()  # the first import of transformers, once, under a lock (pages run in threads)
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
     meta = read_checkpoint_meta(ckpt_dir)
     if meta["weights"] == "delta":
         backbone = load_backbone(meta["backbone"])

@@ -382,14 +382,20 @@ def test_odd_run_ids_are_refused(run_id):
 
 # -- Playground sentences ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    from core.predict import Predictor
+def trained(tmp_path_factory) -> tuple[RunStore, str]:
     from core.train import train_run
 
     store = RunStore(tmp_path_factory.mktemp("playground") / "runs")
     run_id = store.create_run(tiny_config(max_test_examples=20))
     train_run(store, run_id)
-    return Predictor.from_run(store, run_id, device="cpu")
+    return store, run_id
+
+
+@pytest.fixture(scope="module")
+def predictor(trained):
+    from core.predict import Predictor
+
+    return Predictor.from_run(*trained, device="cpu")
 
 
 SENTENCES = counted(
@@ -401,11 +407,8 @@ SENTENCES = counted(
         ("right-to-left Hebrew with an override", ["\u202eסרט נהדר\u202c"]),
         ("control characters", ["\x00\x07\x1b[31mred\x1b[0m\x7f"]),
         ("zero-width characters only", ["\u200b\u200c\u200d\ufeff"]),
-        pytest.param(
-            "unpaired surrogate",
-            ["bad \ud800 text"],  # what `python -m core predict RUN $'\\xff'` passes (surrogateescape)
-            marks=pytest.mark.xfail(strict=True, reason="core/predict.py hands it to the tokenizer: TypeError"),
-        ),
+        ("unpaired surrogate", ["bad \ud800 text"]),  # like `python -m core predict RUN $'\\xff'` (surrogateescape)
+        ("surrogate-escaped byte", ["caf\udce9 au lait"]),  # what argv holds for a Latin-1 byte
         ("one character", ["a"]),
         ("a newline inside", ["first line\nsecond line"]),
         ("thousands of lines", [f"sentence number {i} about markets and films" for i in range(3000)]),
@@ -420,6 +423,7 @@ def test_odd_sentences_predict_every_task(predictor, case, texts):
     results = predictor.predict(texts)
     assert len(results) == len(texts)
     for r in results[:50]:
+        r["text"].encode("utf-8")  # shown on a page, written to JSON: a lone surrogate is replaced (U+FFFD)
         for task, names in predictor.label_names.items():
             probs = r["tasks"][task]["probabilities"]
             assert list(probs) == names and abs(sum(probs.values()) - 1) < 1e-4
@@ -432,11 +436,7 @@ EMPTY_SENTENCES = counted(
         ("empty", [""]),
         ("spaces and tabs", [" \t \n"]),
         ("no text at all", [None]),
-        pytest.param(
-            "none given",
-            [],
-            marks=pytest.mark.xfail(strict=True, reason="core/predict.py: torch.cat of nothing (ValueError)"),
-        ),
+        ("none given", []),
     ],
 )
 
@@ -445,6 +445,18 @@ EMPTY_SENTENCES = counted(
 def test_empty_sentences_get_a_message(predictor, case, texts):
     with pytest.raises(PredictError, match="type a sentence|no text"):
         predictor.predict(texts)
+
+
+def test_cli_predict_reads_non_utf8_arguments_and_refuses_empty_ones(trained, capsys):
+    """argv holds a byte that is not UTF-8 as a lone surrogate (surrogateescape): predicted, shown as U+FFFD."""
+    counted("sentence", ["CLI: a Latin-1 byte in an argument", "CLI: an empty argument"])
+    store, run_id = trained
+    code, out, err = cli("predict", run_id, "caf\udce9 au lait", "--json", runs=store.root, capsys=capsys)
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert result["text"] == "caf\ufffd au lait" and set(result["tasks"]) == {"topic", "sentiment"}
+    code, out, err = cli("predict", run_id, "  ", runs=store.root, capsys=capsys)
+    assert code == 2 and "type a sentence" in err and "Traceback" not in err, err
 
 
 # -- Hypothesis: every invalid config names its field ------------------------------------------------------------
@@ -568,11 +580,6 @@ def test_a_thousand_classes_get_a_warning_before_the_run_is_queued(tmp_path, cap
     assert code == 0 and "warning" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/data.py _three_way (another engineer's split code) recommends validation_fraction / test_fraction, "
-    "which are not config keys: `--set` refuses them",
-)
 def test_too_few_rows_recommend_only_what_the_user_can_set(tmp_path):
     counted("file", ["8 rows"])
     path = tmp_path / "eight.csv"

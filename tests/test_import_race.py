@@ -1,10 +1,13 @@
 """The first import of transformers from several threads at once (Streamlit runs each page in a thread).
 
-Unguarded, two threads that both do `from transformers import AutoConfig` first race inside transformers'
-lazy module, and one gets "ImportError: cannot import name 'AutoConfig'" (seen about one time in three on
-transformers 5.x). core.backbones._quiet_transformers does that first import once, under a lock.
+transformers/__init__ ends by replacing itself in sys.modules with its lazy module. A thread whose
+`from transformers import AutoConfig` arrives while another thread is still running that __init__ waits for
+it, then gets the original module, which has no AutoConfig: "ImportError: cannot import name 'AutoConfig'".
+core.backbones._quiet_transformers does that first import once, under a lock, and every caller goes through it.
 
 Each round is a fresh Python process, so its threads really are the first to import transformers: no mocks.
+Half the threads start at the same moment; the other half start while transformers/__init__ is running in
+one of them, the moment that loses the race (unguarded, all 7 rounds tried failed: 3 to 6 of the 8 threads).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import pytest
 
 from tests.processes import ROOT
 
-ROUNDS = 3  # the race is a matter of timing: each round is a fresh chance to lose it
+ROUNDS = 2  # each round: a fresh process, a fresh first import
 THREADS = 8
 
 SCRIPT = f"""
-import json, threading, traceback
+import json, sys, threading, time, traceback
+
+import torch  # noqa: F401 - imported first here, so that the threads meet at transformers' import, not torch's
 
 from core.backbones import _quiet_transformers, load_backbone_config, load_tokenizer
 from core.config import RunConfig
@@ -36,8 +41,8 @@ def classes():
     return [AutoConfig.__name__, AutoModel.__name__, AutoTokenizer.__name__]
 
 
-WORK = [  # what the pages do first: the Launch page's plan, a config read, a tokenizer, the bare import
-    lambda: classes(),
+WORK = [  # what the pages do first: the bare import, a config read, the Launch page's plan, a tokenizer
+    classes,
     lambda: type(load_backbone_config("minilm-l6:1")).__name__,
     lambda: plan(RunConfig(backbone="minilm-l6:1"))["trainable_params"] > 0,
     lambda: type(load_tokenizer("minilm-l6")).__name__,
@@ -48,13 +53,18 @@ results, errors = {{}}, []
 
 
 def work(i):
-    start.wait()  # every thread reaches its first import at the same moment
+    start.wait()  # the first half start at the same moment...
+    if i >= THREADS // 2:  # ...the others while transformers/__init__ is still running in one of them
+        deadline = time.monotonic() + 60
+        while "transformers" not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.0005)
     try:
         results[i] = WORK[i % len(WORK)]()
     except BaseException as exc:
         errors.append(f"thread {{i}}: " + "".join(traceback.format_exception_only(type(exc), exc)).strip())
 
 
+assert "transformers" not in sys.modules, "the threads must do the first import"
 threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
 for t in threads:
     t.start()
