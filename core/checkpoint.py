@@ -169,6 +169,7 @@ def load_model(ckpt_dir: Path, device: str | torch.device = "cpu") -> tuple[Mult
 
     _quiet_transformers()  # the first import of transformers, once, under a lock (pages run in threads)
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
     meta = read_checkpoint_meta(ckpt_dir)
     if meta["weights"] == "delta":
         backbone = load_backbone(meta["backbone"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import tempfile
 import zipfile
 
 import streamlit as st
@@ -10,9 +12,10 @@ import streamlit as st
 from core import studies
 from core.config import RunConfig
 from core.errors import ConfigError, FreezeLabError
-from core.findings import analyse, seeds_to_settle
+from core.findings import analyse, points_text, seeds_to_settle
 from core.report import figures, write_report
-from pages.common import fmt_seconds, get_store, guarded
+from core.store import RunStore
+from pages.common import fmt_seconds, from_url, get_store, guarded
 
 REFRESH_SECONDS = 5
 STATUS_STYLE = {"better": ("🟢", "success"), "worse": ("🔴", "error"), "equivalent": ("🔵", "info"),
@@ -69,6 +72,7 @@ def new_study_ui(store) -> None:
         study = studies.create_study(store, base, designs=chosen, scale=scale, seeds=seeds, threshold=points / 100)
         studies.launch(store, study)
         st.query_params["study"] = study.id
+        st.session_state["study_pick"] = study.id  # the picker keeps its choice over the URL: show the new study
         st.rerun()
 
 
@@ -84,11 +88,17 @@ def progress_ui(study_id: str) -> None:
     store = get_store()
     study = studies.load_study(store, study_id)
     counts = studies.progress(store, study)
-    total = sum(counts.values()) or 1
+    if not counts:
+        st.info("No run of this study is queued yet: **Continue** queues them.")
+        return
+    total = sum(counts.values())
     done = counts.get("completed", 0)
-    st.progress(done / total, text=f"{done} of {total} runs completed · " + ", ".join(
-        f"{n} {state}" for state, n in sorted(counts.items()) if state != "completed"))  # fmt: skip
-    if counts.get("failed") or counts.get("stopped") or counts.get("missing"):
+    others = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if state != "completed")
+    st.progress(done / total, text=f"{done} of {total} runs completed" + (f" · {others}" if others else ""))
+    if counts.get("missing"):
+        st.warning(f"{counts['missing']} of this study's runs are no longer in the runs folder (deleted). "
+                   "**Continue** queues them again (finished runs are reused).")  # fmt: skip
+    if counts.get("failed") or counts.get("stopped"):
         st.warning("Some runs did not finish. **Continue** queues what is missing (finished runs are reused).")
 
 
@@ -96,7 +106,7 @@ def study_ui(store, study_id: str) -> None:
     study = studies.load_study(store, study_id)
     st.subheader(study.name or study.id)
     st.caption(f"`{study.id}` · scale {study.scale} · seeds {', '.join(map(str, study.seeds))} · "
-               f"practical difference {study.threshold * 100:g} points")  # fmt: skip
+               f"practical difference {points_text(study.threshold)}")  # fmt: skip
     progress_ui(study_id)
     c1, c2 = st.columns(2)
     if c1.button("Continue (queue what is missing)", key="study_continue"):
@@ -126,13 +136,24 @@ def study_ui(store, study_id: str) -> None:
                 st.plotly_chart(charts[design_id], key=f"chart-{design_id}", width="stretch")
             with st.expander("Means with 95% intervals"):
                 st.dataframe(d.means_frame(), hide_index=True)
-    report = write_report(store, study, findings)
+    # Written when the button is clicked, not on every page run (its PNG charts take seconds to draw).
+    report = functools.partial(report_zip, str(store.root), study_id)
+    st.download_button("Download the report (markdown + charts)", report, f"{study_id}-report.zip",
+                       mime="application/zip", key="study_report")  # fmt: skip
+
+
+def report_zip(runs_root: str, study_id: str) -> bytes:
+    """The study's report (core.report: report.md and its PNG charts) as of now, zipped under ``STUDY_ID/``.
+    Called by the download button outside the page's script run; writes nothing into the runs folder."""
+    store = RunStore(runs_root)
+    study = studies.load_study(store, study_id)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for path in sorted(report.parent.iterdir()):
-            zf.write(path, f"{study.id}/{path.name}")
-    st.download_button("Download the report (markdown + charts)", buffer.getvalue(), f"{study.id}-report.zip",
-                       key="study_report")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="freezelab-report-") as tmp:
+        report = write_report(store, study, analyse(store, study), out_dir=tmp)
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for path in sorted(report.parent.iterdir()):
+                zf.write(path, f"{study_id}/{path.name}")
+    return buffer.getvalue()
 
 
 @guarded
@@ -147,10 +168,11 @@ def page() -> None:
     if not ids:
         st.info("No study yet: pick a question above and launch it.")
         return
-    current = st.query_params.get("study")
-    index = ids.index(current) if current in ids else 0
-    study_id = st.selectbox("Study", ids, index=index, key="study_pick")
-    st.query_params["study"] = study_id
+    # The session's choice, else the link's ?study=, else the newest; a study deleted meanwhile falls back too.
+    from_url("study_pick", "study", ids[0], clean=lambda v: v if v in ids else None)
+    study_id = st.selectbox("Study", ids, key="study_pick")
+    if st.query_params.get("study") != study_id:
+        st.query_params["study"] = study_id
     study_ui(store, study_id)
 
 

@@ -387,3 +387,50 @@ def test_live_pages_urls_downloads_and_kept_forms_in_a_real_browser(page, live_s
     pg.get_by_role("link", name="Launch").click()
     pg.get_by_text("Training settings").click()
     expect(pg.get_by_role("textbox", name="Run name (optional)")).to_have_value("kept across pages")
+
+
+def test_findings_page_reads_a_finished_study_in_a_real_browser(page, tmp_path, tmp_path_factory):
+    """A study whose 2 cells x 3 seeds really trained (tests/test_findings_page.py), opened by a shared link."""
+    from playwright.sync_api import expect
+
+    from core import studies
+    from core.findings import analyse
+    from tests.test_findings_page import STUDY_NAME, finished_study_once
+
+    finished = finished_study_once(tmp_path_factory)
+    short = Path(tempfile.mkdtemp(prefix="freezelab-"))
+    store = RunStore(short / "runs")
+    shutil.copytree(finished["root"], store.root, ignore=shutil.ignore_patterns("checkpoint"))
+    study = studies.load_study(store, finished["study_id"])
+    findings = analyse(store, study)
+    design = findings.designs["custom"]
+    verdicts = [c for c in design.comparisons if not c.derived]
+    assert verdicts and design.recommendations
+    pg = page
+    try:
+        with serve(store, tmp_path / "streamlit.log") as url:
+            pg.goto(f"{url}/findings?study={study.id}")
+            expect(pg.get_by_role("heading", name="Findings", exact=True)).to_be_visible()
+            expect(pg.get_by_role("heading", name=STUDY_NAME)).to_be_visible()
+            expect(pg.get_by_text("6 of 6 runs completed", exact=True)).to_be_visible()
+            for c in verdicts:  # each verdict sentence, with its numbers and interval, exactly once
+                sentence = pg.get_by_text(c.sentence)
+                expect(sentence).to_have_count(1)
+                expect(sentence).to_be_visible()
+            for rec in design.recommendations:
+                expect(pg.get_by_text(rec.sentence)).to_be_visible()
+            plot = pg.locator(".js-plotly-plot")
+            expect(plot).to_have_count(1)
+            expect(plot).to_be_visible()
+            expect(plot.locator("g.point path").first).to_be_attached()  # drawn bars, not an empty chart
+            expect(plot.get_by_text("topic test accuracy", exact=True)).to_be_visible()  # a panel's title
+            with pg.expect_download(timeout=90_000) as download:  # the report is written on this click
+                pg.get_by_role("button", name="Download the report (markdown + charts)").click()
+            archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+            report = archive.read(f"{study.id}/report.md").decode()
+            assert all(c.sentence in report for c in verdicts)
+            assert f"{study.id}/custom.png" in archive.namelist()
+            assert not store.study_report_dir(study.id).exists(), "the page writes no report into the runs folder"
+            screenshot(pg, "findings", readme=False)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
