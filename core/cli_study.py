@@ -97,8 +97,9 @@ def add_study_parser(sub, add_config_options) -> None:
     r = ssub.add_parser("run", help="create and queue a study (or continue one: --study ID)")
     add_config_options(r)
     r.add_argument("--questions", default="all", help="comma-separated: speed, overfitting, head_drift, "
-                   "freeze_depth, pretraining, backbone, multitask, imbalance; or all")  # fmt: skip
-    r.add_argument("--scale", default="quick", choices=["quick", "full"])
+                   "freeze_depth, pretraining, backbone, multitask, imbalance, class_imbalance; or all")  # fmt: skip
+    r.add_argument("--scale", default="quick", choices=["lite", "quick", "full"],
+                   help="training examples per task: lite 300, quick 1,000, full 3,000")  # fmt: skip
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--threshold", type=float, default=1.0, help="practical difference in points (default 1)")
     r.add_argument("--study-name", help="a name for the study")

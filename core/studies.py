@@ -77,6 +77,7 @@ class Scale:
 
 
 SCALES = {
+    "lite": Scale("lite", 300, (100, 300)),  # every question within about an hour on a 2-core CPU
     "quick": Scale("quick", 1000, (100, 300, 1000)),
     "full": Scale("full", 3000, (100, 300, 1000, 3000)),
 }
@@ -85,8 +86,11 @@ ACC = ("test_accuracy:a", "test_accuracy:b")
 COST = ("train_seconds", "wall_seconds")
 
 
+TRAIN_SAMPLE = 100  # training examples per task scored at each evaluation: the train-validation gap
+
+
 def _sized(n: int) -> dict[str, Any]:
-    return {"task_a.max_train_examples": n, "task_b.max_train_examples": n}
+    return {"task_a.max_train_examples": n, "task_b.max_train_examples": n, "train_eval_examples": TRAIN_SAMPLE}
 
 
 def builtin_designs(scale: Scale, n_layers: int = 6) -> dict[str, Design]:
