@@ -390,6 +390,10 @@ def cmd_work(args) -> int:
     from core.train import train_run
 
     raise_stop_on_sigterm()
+    if threads := os.environ.get("FREEZELAB_TORCH_THREADS"):  # set by the runner: its share of the cores
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
     store = _store(args)
     state = train_run(store, args.run, resume=args.resume)
     if state == RunState.COMPLETED and not any(t.startswith("study:") for t in store.read_config(args.run).tags):

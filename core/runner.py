@@ -62,6 +62,9 @@ def queued_runs(store: RunStore) -> list[str]:
     return [run_id for run_id, _ in _queued(store)]
 
 
+THREADS_ENV = "FREEZELAB_TORCH_THREADS"  # the torch threads of a worker the runner starts
+
+
 def set_concurrency(store: RunStore, concurrency: int) -> None:
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ConfigError(f"concurrency={concurrency}: use 1 to {MAX_CONCURRENCY} runs at once (1 suits a 2-core CPU).")
@@ -317,9 +320,12 @@ class Runner:
             cmd.append("--resume")
         if not self._claim(run_id):
             return
+        # The cores are shared out: two runs at once on two cores train on one thread each, not on two each.
+        threads = max(1, (os.cpu_count() or 1) // get_concurrency(self.store))
+        env = {**os.environ, THREADS_ENV: str(threads)}
         with open(self.store.worker_err_path(run_id), "a") as err:  # the child keeps its own copy
             proc = subprocess.Popen(
-                cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                cmd, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
             )
         self.jobs[run_id] = Job(run_id, time.time(), proc=proc)
 

@@ -143,7 +143,10 @@ class Trainer:
         self.ckpt_dir = store.checkpoint_dir(run_id)
         self.device = pick_device(cfg.device)
         seed_everything(cfg.seed)
-        log.info("run %s: strategy=%s backbone=%s device=%s", run_id, cfg.strategy, cfg.backbone, self.device)
+        log.info(
+            "run %s: strategy=%s backbone=%s device=%s torch_threads=%d",
+            run_id, cfg.strategy, cfg.backbone, self.device, torch.get_num_threads(),
+        )  # fmt: skip
 
         # Data and model: the heads' sizes come from the data's label names; augmentation needs the model.
         self._phase("loading data", 0, len(cfg.tasks))
