@@ -97,6 +97,7 @@ class Predictor:
                     f"{100 * report['agreement']:.2f}% of its test set (< 99.5%): use full precision."
                 )
             predictor = cls(quantize(model), tokenizer, meta, torch.device("cpu"), run_id)
+            predictor.frozen_claim = FrozenClaim(None, "int8: its quantized layers are not the pretrained weights")
         return predictor
 
     @property
@@ -418,6 +419,13 @@ def _labels(predictors: list[Predictor]) -> list[str]:
     return labels
 
 
+NO_PARTNER = "no other run here holds the same frozen pretrained layers"
+
+
+def _partner_key(predictor: Predictor) -> tuple:
+    return (predictor.meta.get("backbone"), predictor.max_length, str(predictor.device))
+
+
 def plan_sharing(predictors: list[Predictor]) -> SharePlan:
     """Which predictors share which frozen layers. Runs share when their verified prefixes have the same key
     (same backbone, architecture, tokenizer, max_length, device and dtype); every verified prefix equals the
@@ -426,7 +434,14 @@ def plan_sharing(predictors: list[Predictor]) -> SharePlan:
     labels = _labels(predictors)
     alone: dict[str, str] = {}
     candidates: dict[tuple, list[tuple[str, Predictor, SharedPrefix]]] = {}
+    partners: dict[tuple, int] = {}  # a run with no possible partner is not worth verifying (hashing its layers)
+    for predictor in predictors:
+        if predictor.frozen_claim.layers is not None:
+            partners[_partner_key(predictor)] = partners.get(_partner_key(predictor), 0) + 1
     for label, predictor in zip(labels, predictors):
+        if predictor.frozen_claim.layers is not None and partners[_partner_key(predictor)] < 2:
+            alone[label] = NO_PARTNER
+            continue
         prefix = predictor.shared_prefix()
         if prefix is None:
             alone[label] = predictor.share_note
@@ -435,7 +450,7 @@ def plan_sharing(predictors: list[Predictor]) -> SharePlan:
     groups = []
     for members in candidates.values():
         if len(members) < 2:
-            alone[members[0][0]] = "no other chosen run holds the same frozen layers"
+            alone[members[0][0]] = NO_PARTNER
             continue
         members.sort(key=lambda m: -m[2].layers)  # the deepest first: it holds every shared layer
         shared = members[1][2].layers  # the second-deepest claim: deeper layers belong to one run only

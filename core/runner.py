@@ -45,13 +45,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- the queue and its settings --------------------------------------------------------------------------
-def _queued(store: RunStore) -> list[tuple[str, RunStatus]]:
+def _queued(store: RunStore, statuses: dict[str, RunStatus] | None = None) -> list[tuple[str, RunStatus]]:
     queued = []
-    for run_id in store.run_ids():
-        try:
-            status = store.read_status(run_id)
-        except RecordError:  # damaged or deleted: not in the queue
-            continue
+    for run_id, status in (store.read_statuses() if statuses is None else statuses).items():
         if status.state == RunState.QUEUED:
             queued.append((status.queued_at or status.created_at or 0, run_id, status))
     return [(run_id, status) for _, run_id, status in sorted(queued, key=lambda q: q[:2])]
@@ -174,6 +170,7 @@ class Runner:
     ) -> None:
         self.store, self.idle_exit_seconds, self.grace_seconds = store, idle_exit_seconds, grace_seconds
         self.jobs: dict[str, Job] = {}
+        self._status_cache: dict = {}
         self.ray = RayBackend()
         self._serving = False  # holds the lock and owns the heartbeat file
 
@@ -240,11 +237,13 @@ class Runner:
         except OSError as exc:  # the lock still says a runner serves: go on with the tick
             log(f"heartbeat not written: {exc}")
         self._reap()
-        reconcile(self.store, skip=set(self.jobs))
-        orphans = running_elsewhere(self.store, skip=set(self.jobs))  # e.g. workers of a runner that was killed
+        # Status files are read only when they changed (the cache): a tick over hundreds of runs is mostly stats.
+        reconcile(self.store, skip=set(self.jobs), statuses=self.store.read_statuses(self._status_cache))
+        statuses = self.store.read_statuses(self._status_cache)  # as reconcile left them
+        orphans = running_elsewhere(self.store, skip=set(self.jobs), statuses=statuses)  # e.g. a killed runner's
         for job in list(self.jobs.values()):
             escalate(self.store, job.run_id, self.grace_seconds, job.send, job.signalled)
-        for run_id, status in _queued(self.store):
+        for run_id, status in _queued(self.store, statuses):
             if run_id in self.jobs:  # resumed before its previous process was reaped: next tick
                 continue
             if self.store.stop_requested(run_id):  # cancelled while queued

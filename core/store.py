@@ -426,6 +426,31 @@ class RunStore:
             raise RecordError("status.json is missing")
         return RunStatus.from_dict(data)
 
+    def read_statuses(self, cache: dict | None = None) -> dict[str, RunStatus]:
+        """Every readable run's status. ``cache`` (a dict the caller keeps between calls) skips the files that
+        did not change since the last call: a runner polling twice a second over hundreds of runs then only
+        stats them (status.json is replaced atomically, so a new write is a new inode)."""
+        out: dict[str, RunStatus] = {}
+        for run_id in self.run_ids():
+            path = self.path(run_id) / STATUS_FILE
+            try:
+                st = path.stat()
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                hit = cache.get(run_id) if cache is not None else None
+                if hit is not None and hit[0] == key:
+                    out[run_id] = hit[1]
+                    continue
+                status = self.read_status(run_id)
+            except (OSError, RecordError):  # deleted since listed, or damaged: nothing to supervise
+                continue
+            if cache is not None:
+                cache[run_id] = (key, status)
+            out[run_id] = status
+        if cache is not None:
+            for gone in set(cache) - set(out):
+                del cache[gone]
+        return out
+
     def state(self, run_id: str) -> RunState | None:
         """The run's state, or None when its status cannot be read."""
         try:

@@ -105,12 +105,12 @@ def reconcile(
     return failed
 
 
-def running_elsewhere(store: RunStore, skip: set[str]) -> list[str]:
+def running_elsewhere(store: RunStore, skip: set[str], statuses: Mapping[str, RunStatus] | None = None) -> list[str]:
     """Runs training on this host in a process this runner did not start (they count against concurrency)."""
     host = socket.gethostname()
     return [
         run_id
-        for run_id, status in _statuses(store, None)
+        for run_id, status in _statuses(store, statuses)
         if run_id not in skip and _local_process(status, host) and process_alive(status.pid, status.pid_create_time)
     ]
 

@@ -150,3 +150,16 @@ def test_one_error_family_and_one_message_rule():
     assert user_message(JobError("run x is running: cancel it first.")) == "run x is running: cancel it first."
     bug = user_message(KeyError("oops"))
     assert bug.startswith("Unexpected error (KeyError") and "bug" in bug
+
+
+def test_read_statuses_with_a_cache_sees_every_change_and_forgets_deleted_runs(store):
+    a, b = store.create_run(tiny_config(name="a")), store.create_run(tiny_config(name="b"))
+    cache: dict = {}
+    first = store.read_statuses(cache)
+    assert {first[a].state, first[b].state} == {RunState.QUEUED}
+    store.transition(a, RunState.RUNNING)
+    again = store.read_statuses(cache)
+    assert again[a].state == RunState.RUNNING and again[b] is first[b]  # b unchanged: served from the cache
+    store.delete_run(b)
+    assert set(store.read_statuses(cache)) == {a} and set(cache) == {a}
+    assert store.read_statuses() == store.read_statuses(cache)
