@@ -189,7 +189,7 @@ class Runner:
         try:
             while True:
                 self._tick_safely()
-                if self.jobs or queued_runs(self.store):
+                if self.jobs or _queued(self.store, self.store.read_statuses(self._status_cache)):
                     idle_since = time.time()
                 elif time.time() - idle_since > self.idle_exit_seconds:
                     if self._leave(lock_fd):
@@ -225,11 +225,12 @@ class Runner:
             log(f"tick interrupted: {exc}")
 
     def tick(self) -> None:
+        concurrency = get_concurrency(self.store)
         heartbeat = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "heartbeat": time.time(),
-            "concurrency": get_concurrency(self.store),
+            "concurrency": concurrency,
             "running": sorted(self.jobs),
         }
         try:
@@ -255,13 +256,15 @@ class Runner:
                 except TransitionError:  # it left the queue since we listed it
                     pass
                 continue
+            local_running = sum(1 for j in self.jobs.values() if j.proc is not None) + len(orphans)
+            if status.backend != "ray" and local_running >= concurrency:
+                continue  # no free slot (a queued Ray run may still start)
             if not self._source_ready(run_id):  # starts from another run's weights: wait until that one completed
                 continue
-            local_running = sum(1 for j in self.jobs.values() if j.proc is not None) + len(orphans)
             try:
                 if status.backend == "ray":
                     self._start_ray(run_id, status)
-                elif local_running < get_concurrency(self.store):
+                else:
                     self._start_local(run_id, bool(status.resume))
             except (OSError, FreezeLabError) as exc:  # this run cannot start; the others still may
                 self._fail_unstarted(run_id, f"its training could not be started: {exc}")
