@@ -224,8 +224,10 @@ def frozen_claim(store: RunStore, run_id: str, meta: dict, n_layers: int) -> Fro
         return FrozenClaim(None, "it has LoRA adapters")
     if not resolved.pretrained:
         return FrozenClaim(None, "its backbone was not pretrained (random weights)")
-    if meta.get("weights") != "delta" or meta.get("backbone") != cfg.backbone:
+    if meta.get("weights") != "delta":
         return FrozenClaim(None, "its checkpoint holds the whole model, not changes over the pretrained backbone")
+    if meta.get("backbone") != cfg.backbone:
+        return FrozenClaim(None, "its checkpoint and its configuration name different backbones")
     if cfg.strategy == "freeze_lower":
         layers = min(int(cfg.freeze_layers or 0), n_layers)
     else:
@@ -472,6 +474,8 @@ def side_by_side_probabilities(
     plus its own layers and heads."""
     cleaned = checked_texts(texts)
     plan = plan or plan_sharing(predictors)
+    if len(plan.labels) != len(predictors):
+        raise ValueError(f"the plan is for {len(plan.labels)} predictors, not these {len(predictors)}")
     by_label = dict(zip(plan.labels, predictors))
     seconds = {} if seconds is None else seconds
     out: dict[str, dict[str, torch.Tensor]] = {}

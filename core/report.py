@@ -79,7 +79,7 @@ class ChartSpec:
 
 def _kind(metric: str) -> str:
     base, _ = split_metric(metric)
-    if base in ("test_accuracy", "test_macro_f1", "val_accuracy"):
+    if base in ("test_accuracy", "test_macro_f1", "test_balanced_accuracy", "val_accuracy"):
         return "accuracy"
     if base == "share_kept":
         return "share"

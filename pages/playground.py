@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import read_table
 from core.errors import user_message
-from core.predict import INT8_MIN_AGREEMENT, Predictor, read_int8_report
+from core.predict import INT8_MIN_AGREEMENT, Predictor, read_int8_report, timed_side_by_side
 from core.records import RunState
 from pages.common import get_store, guarded, stored_upload
 
@@ -25,12 +28,82 @@ def load_predictor(runs_dir: str, run_id: str, checkpoint_mtime: float, int8: bo
     return Predictor.from_run(RunStore(runs_dir), run_id, int8=int8)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def predictions(runs_dir: str, run_id: str, checkpoint_mtime: float, int8: bool, texts: tuple[str, ...]) -> dict:
-    """One run's predictions for these sentences, computed once: other widgets, reruns and other runs reuse them."""
-    predictor = load_predictor(runs_dir, run_id, checkpoint_mtime, int8)
-    results, seconds = predictor.timed_predict(list(texts))
-    return {"results": results, "seconds": seconds, "max_length": predictor.max_length}
+class ComputedPredictions:
+    """Each run's predictions for a list of sentences, computed once: other widgets, reruns, other sessions and
+    other choices of runs reuse them. Keyed by (runs folder, run, checkpoint time, int8, sentences); the
+    oldest entries go first beyond ``size``."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.items: OrderedDict[tuple, dict] = OrderedDict()
+        self.size, self.lock = size, threading.Lock()
+
+    def get(self, key: tuple) -> dict | None:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
+
+    def put(self, key: tuple, value: dict) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource
+def computed_predictions() -> ComputedPredictions:
+    return ComputedPredictions()
+
+
+def share_note(plan, run_id: str) -> str | None:
+    """How a run's predictions were computed with the others', when it shared frozen layers with them."""
+    for group in plan.groups:
+        if run_id in group.depths:
+            others = len(group.run_ids) - 1
+            depth = group.depths[run_id]
+            what = "embeddings" + (f" and bottom {depth} layer(s)" if depth else "")
+            return f"Shared: its frozen pretrained {what} were computed once for it and {others} other run(s)."
+    return None
+
+
+def side_by_side(chosen: dict[str, bool], sentences: list[str]) -> dict[str, dict | Exception]:
+    """Each chosen run's predictions ({run: int8}): kept ones as they are, the rest computed together, the frozen
+    pretrained layers that runs share computed once (core.predict.timed_side_by_side). A run that fails to load
+    or predict gets its exception; the others still get their predictions."""
+    store = get_store()
+    root, cache = str(store.root), computed_predictions()
+    keys = {r: (root, r, store.checkpoint_mtime(r) or 0.0, int8, tuple(sentences)) for r, int8 in chosen.items()}
+    out: dict[str, dict | Exception | None] = {r: cache.get(key) for r, key in keys.items()}
+    loaded: dict[str, Predictor] = {}
+    for run_id in [r for r, found in out.items() if found is None]:
+        try:
+            loaded[run_id] = load_predictor(*keys[run_id][:4])
+        except Exception as exc:  # noqa: BLE001 - one run's broken checkpoint must not blank the other columns
+            out[run_id] = exc
+    if not loaded:
+        return out
+    answers: dict[str, dict] = {}
+    try:
+        both = timed_side_by_side(list(loaded.values()), sentences)
+        for run_id, predictor in loaded.items():
+            answers[run_id] = {
+                "results": both.results[run_id],
+                "seconds": both.seconds[run_id],
+                "max_length": predictor.max_length,
+                "shared": share_note(both.plan, run_id),
+            }
+    except Exception:  # noqa: BLE001 - then each run alone, so that an error stays in its own column
+        for run_id, predictor in loaded.items():
+            try:
+                results, seconds = predictor.timed_predict(sentences)
+                answers[run_id] = {"results": results, "seconds": seconds, "max_length": predictor.max_length}
+            except Exception as exc:  # noqa: BLE001
+                out[run_id] = exc
+    for run_id, answer in answers.items():
+        cache.put(keys[run_id], answer)
+        out[run_id] = answer
+    return out
 
 
 def predictor_for(run_id: str, int8: bool = False) -> Predictor:
@@ -79,17 +152,17 @@ def shown_text(text: str) -> str:
     return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1].rstrip() + "…"
 
 
-def run_column(run_id: str, name: str, sentences: list[str], int8: bool, show_probabilities: bool) -> None:
-    """One run's predictions; any error stays in this column."""
+def run_column(
+    run_id: str, name: str, sentences: list[str], out: dict | Exception, note: str | None, show_probabilities: bool
+) -> None:
+    """One run's predictions (or its error: it stays in this column)."""
     st.markdown(f"**{name}**")
-    use_int8, note = int8_choice(run_id, int8)
-    store = get_store()
-    try:
-        out = predictions(str(store.root), run_id, store.checkpoint_mtime(run_id) or 0.0, use_int8, tuple(sentences))
-    except Exception as exc:  # noqa: BLE001 - one run's broken checkpoint must not blank the other columns
-        st.error(f"{run_id}: {user_message(exc)}")
+    if isinstance(out, Exception):
+        st.error(f"{run_id}: {user_message(out)}")
         return
     st.caption(f"{len(sentences)} sentence(s) in {out['seconds'] * 1000:.0f} ms")
+    if out.get("shared"):
+        st.caption(out["shared"])
     if note:
         st.caption(note)
     for i, r in enumerate(out["results"]):
@@ -179,9 +252,11 @@ def page() -> None:
     if not sentences:
         st.warning("Type at least one sentence (empty lines are skipped).")
         return
+    choices = {run_id: int8_choice(run_id, int8) for run_id in chosen}
+    outs = side_by_side({run_id: use for run_id, (use, _) in choices.items()}, sentences)
     for col, run_id in zip(st.columns(len(chosen)), chosen):
         with col:
-            run_column(run_id, names[run_id], sentences, int8, show_probabilities)
+            run_column(run_id, names[run_id], sentences, outs[run_id], choices[run_id][1], show_probabilities)
     st.divider()
     file_ui(chosen, names)
 
