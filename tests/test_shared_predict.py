@@ -105,6 +105,12 @@ def test_the_plan_shares_exactly_the_frozen_pretrained_layers(runs, predictors):
 
 
 def test_shared_prediction_gives_the_probabilities_of_each_run_alone(predictors, runs):
+    def layer_1(name: str) -> torch.Tensor:
+        return predictors[name].model.backbone.encoder.layer[1].output.dense.weight
+
+    # Meaningful only because k=1's trained layer 1 is not the shared one: taking it from the shared pass would fail.
+    assert not torch.equal(layer_1("freeze_lower_1"), layer_1("frozen_backbone"))
+    assert torch.equal(layer_1("frozen_all"), layer_1("frozen_backbone"))
     chosen = [predictors[n] for n in MIX]
     shared = side_by_side_probabilities(chosen, TEXTS, batch_size=2)  # three batches, each padded differently
     for name in MIX:
