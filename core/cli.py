@@ -396,7 +396,7 @@ def cmd_work(args) -> int:
         torch.set_num_threads(max(1, int(threads)))
     store = _store(args)
     state = train_run(store, args.run, resume=args.resume)
-    if state == RunState.COMPLETED and not any(t.startswith("study:") for t in store.read_config(args.run).tags):
+    if state == RunState.COMPLETED:
         _measure_int8_quietly(store, args.run)
     return 0 if state in (RunState.COMPLETED, RunState.STOPPED) else 1
 
@@ -408,6 +408,8 @@ def _measure_int8_quietly(store: RunStore, run_id: str) -> None:
     from core.predict import measure_int8
 
     try:
+        if store.stop_requested(run_id) or any(t.startswith("study:") for t in store.read_config(run_id).tags):
+            return  # asked to stop as it completed, or a study run: `python -m core int8 RUN` measures it later
         measure_int8(store, run_id)
     except Exception as exc:  # noqa: BLE001 - the run is complete; int8 is an optional speed-up
         print(f"int8 agreement not measured: {exc!r}", file=sys.stderr)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from core.checkpoint import load_model
-from core.errors import CheckpointError, FreezeLabError, PredictError
+from core.errors import CheckpointError, FreezeLabError, PredictError, RunNotFound
 from core.model import num_backbone_layers, pool
 from core.store import WEIGHTS_FILE, RunStore, read_json, safetensors_header, write_json_atomic
 
@@ -592,6 +592,8 @@ def read_int8_report(store: RunStore, run_id: str) -> dict | None:
 
 
 def write_int8_report(store: RunStore, run_id: str, report: dict) -> None:
+    if not store.exists(run_id):  # deleted while it was measured: never recreate its folder
+        raise RunNotFound(f"run {run_id} was deleted while its int8 agreement was measured; nothing was written.")
     write_json_atomic(store.int8_path(run_id), report)
 
 

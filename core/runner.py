@@ -214,6 +214,7 @@ class Runner:
         except BlockingIOError:
             return True  # a runner started since serves the queue
         self._serving = True
+        self._status_cache.clear()  # read everything afresh
         log("a run was queued as this runner was leaving: serving it")
         return False
 
@@ -323,7 +324,7 @@ class Runner:
         if not self._claim(run_id):
             return
         # The cores are shared out: two runs at once on two cores train on one thread each, not on two each.
-        threads = max(1, (os.cpu_count() or 1) // get_concurrency(self.store))
+        threads = max(1, len(os.sched_getaffinity(0)) // get_concurrency(self.store))
         env = {**os.environ, THREADS_ENV: str(threads)}
         with open(self.store.worker_err_path(run_id), "a") as err:  # the child keeps its own copy
             proc = subprocess.Popen(

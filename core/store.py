@@ -437,7 +437,9 @@ class RunStore:
                 st = path.stat()
                 key = (st.st_ino, st.st_mtime_ns, st.st_size)
                 hit = cache.get(run_id) if cache is not None else None
-                if hit is not None and hit[0] == key:
+                # A file written in the last 2 s is read again: two same-size writes within the clock's
+                # resolution can reuse the freed inode and look unchanged.
+                if hit is not None and hit[0] == key and time.time() - st.st_mtime > 2.0:
                     out[run_id] = hit[1]
                     continue
                 status = self.read_status(run_id)

@@ -77,8 +77,8 @@ class Scale:
 
 
 SCALES = {
-    "lite": Scale("lite", 300, (100, 300)),  # every question within about an hour on a 2-core CPU
     "quick": Scale("quick", 1000, (100, 300, 1000)),
+    "lite": Scale("lite", 300, (100, 300)),  # for a 2-core CPU (see docs/findings.md for its cost)
     "full": Scale("full", 3000, (100, 300, 1000, 3000)),
 }
 
@@ -226,7 +226,7 @@ def builtin_designs(scale: Scale, n_layers: int = 6) -> dict[str, Design]:
         Design(
             "class_imbalance",
             "A rare class in one task: what helps?",
-            f"Task B training split {round(scale.rare_class_fraction * 100)}% {scale.rare_class}",
+            f"Task B keeps {round(scale.rare_class_fraction * 100)}% of its {scale.rare_class} training examples",
             tuple(
                 Cell(
                     label,

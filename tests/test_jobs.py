@@ -56,7 +56,7 @@ def test_submit_returns_at_once_and_three_runs_complete_one_after_another(jstore
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end - 0.5, "with concurrency 1 runs must not overlap"
     assert [s[0] for s in spans] == [s.started_at for s in statuses], "submission order"
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     for i in ids:  # one run at a time gets every core
         assert f"torch_threads={cores}" in jstore.log_path(i).read_text()
 
@@ -65,7 +65,7 @@ def test_two_runs_at_once_share_the_cores(jstore):
     jobs.set_concurrency(jstore, 2)
     ids = [jobs.submit(jstore, tiny_config(seed=i)) for i in range(2)]
     wait_for(lambda: all(state(jstore, i) == RunState.COMPLETED for i in ids), 180, "two runs to complete")
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
     for i in ids:
         assert f"torch_threads={threads}" in jstore.log_path(i).read_text()
 
