@@ -879,7 +879,7 @@ def _recommend(
         for letter, task in tasks.items():
             metric = f"test_accuracy:{letter}"
             have = [c for c in cells if values.get((design.id, c.label, metric))]
-            if not have:
+            if len(have) < 2:  # nothing to recommend against
                 continue
             best = max(have, key=lambda c: _mean(values[(design.id, c.label, metric)]))
             best_vals = values[(design.id, best.label, metric)]
@@ -1019,7 +1019,12 @@ def _answer_generic(df: DesignFindings) -> str:
         if group_lines and group:
             group_lines[0] = f"With {group}: " + group_lines[0]
         lines.extend(group_lines)
-    return " ".join(lines) if lines else "No comparison could be made yet (the reference cell has no completed run)."
+    return (
+        " ".join(lines)
+        if lines
+        else "No comparison could be made yet: a comparison needs completed runs of the reference cell and of "
+        "another cell with the same seeds."
+    )
 
 
 def _answer_overfitting(df: DesignFindings, tasks: dict[str, str]) -> str:
