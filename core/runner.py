@@ -53,9 +53,9 @@ def _queued(store: RunStore, statuses: dict[str, RunStatus] | None = None) -> li
     return [(run_id, status) for _, run_id, status in sorted(queued, key=lambda q: q[:2])]
 
 
-def queued_runs(store: RunStore) -> list[str]:
-    """The queue: queued runs, oldest first."""
-    return [run_id for run_id, _ in _queued(store)]
+def queued_runs(store: RunStore, statuses: dict[str, RunStatus] | None = None) -> list[str]:
+    """The queue: queued runs, oldest first (from ``statuses`` when the caller read them already)."""
+    return [run_id for run_id, _ in _queued(store, statuses)]
 
 
 THREADS_ENV = "FREEZELAB_TORCH_THREADS"  # the torch threads of a worker the runner starts
@@ -189,7 +189,7 @@ class Runner:
         try:
             while True:
                 self._tick_safely()
-                if self.jobs or _queued(self.store, self.store.read_statuses(self._status_cache)):
+                if self.jobs or queued_runs(self.store, self.store.read_statuses(self._status_cache)):
                     idle_since = time.time()
                 elif time.time() - idle_since > self.idle_exit_seconds:
                     if self._leave(lock_fd):

@@ -146,8 +146,8 @@ def test_a_submit_landing_while_the_runner_exits_idle_is_served(jstore, monkeypa
     monkeypatch.setattr(runner, "_start_local", lambda run_id, resume: started.append(run_id) or runner._claim(run_id))
     real_queued = runner_mod.queued_runs
 
-    def queue_then_submit(store):
-        queue = real_queued(store)
+    def queue_then_submit(store, *statuses):
+        queue = real_queued(store, *statuses)
         if not queue and not submitted:  # the runner looked, found nothing: a submit lands now
             submitted.append(jobs.submit(jstore, fault_config()))
             assert not jobs.ensure_runner(jstore), "the lock is held: the submit starts no runner of its own"
