@@ -25,6 +25,23 @@ from pathlib import Path
 
 from tests.processes import ROOT
 
+
+def fault_config(**overrides):
+    """bitfit on one real layer: the backbone runs forward and backward, checkpoints are small, one every
+    2 of 24 steps, so kills land in setup, steps, checkpoint writes and the ending alike."""
+    from tests.conftest import tiny_config
+
+    base = dict(
+        strategy="bitfit",
+        max_steps=24,
+        checkpoint_every_steps=2,
+        log_every_steps=1,
+        eval_every_steps=8,
+        max_test_examples=20,
+    )
+    return tiny_config(**{**base, **overrides})
+
+
 ZYGOTE_START_SECONDS = 180.0
 
 

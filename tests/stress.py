@@ -18,25 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import tiny_config
-from tests.faultkit import KillReport, Zygote, check_after_kill, kill_series, wait_gone, wait_running
+from tests.faultkit import KillReport, Zygote, check_after_kill, fault_config, kill_series, wait_gone, wait_running
 
 VARIANTS = {
     "delta checkpoints (bitfit, pretrained)": dict(backbone="minilm-l6:1"),
     "full checkpoints (bitfit, from scratch)": dict(backbone="minilm-l6-scratch:1"),
 }
-
-
-def config(**overrides):
-    base = dict(
-        strategy="bitfit",
-        max_steps=24,
-        checkpoint_every_steps=2,
-        log_every_steps=1,
-        eval_every_steps=8,
-        max_test_examples=20,
-    )
-    return tiny_config(**{**base, **overrides})
 
 
 def _history(store, run_id):
@@ -110,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for v, (variant, overrides) in enumerate(VARIANTS.items()):
                 store = RunStore(Path(tmp) / f"runs{v}")
-                cfg = config(**overrides)
+                cfg = fault_config(**overrides)
                 ref_id, seconds = _run_once(zygote, store, cfg)
                 reference = _history(store, ref_id)
                 log(f"{variant}: uninterrupted run trains in {seconds:.1f}s")

@@ -24,25 +24,11 @@ from core.errors import CheckpointError, FreezeLabError, JobError
 from core.records import Progress, RunState
 from core.store import RunStore
 from core.train import train_run
-from tests.conftest import run_cli, tiny_config
-from tests.faultkit import Zygote, check_after_kill, kill_series, metrics_problem, wait_gone, wait_running
+from tests.conftest import run_cli
+from tests.faultkit import Zygote, check_after_kill, fault_config, kill_series, metrics_problem, wait_gone, wait_running
 from tests.processes import ROOT, start_runner, wait_for, wait_for_pid, wait_for_state
 
 KILL_POINTS = 10
-
-
-def fault_config(**overrides):
-    """bitfit on one real layer: the backbone runs forward and backward, checkpoints are small, one every
-    2 of 24 steps, so kills land in setup, steps, checkpoint writes and the ending alike."""
-    base = dict(
-        strategy="bitfit",
-        max_steps=24,
-        checkpoint_every_steps=2,
-        log_every_steps=1,
-        eval_every_steps=8,
-        max_test_examples=20,
-    )
-    return tiny_config(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
