@@ -17,15 +17,11 @@ import re
 import numpy as np
 import torch
 
-from core.errors import ConfigError
+from core.errors import AugmentError
 
 EDA_OPS = ("delete", "swap", "insert")
 METHODS = ("eda", "embedding", "both")
 _WORD = re.compile(r"^(\W*)(.*?)(\W*)$")  # leading punctuation, word, trailing punctuation
-
-
-class AugmentError(ConfigError):
-    """A bad augmentation option (a ValueError); the message says which and what is allowed."""
 
 
 def eda(text: str, rng: np.random.Generator, alpha: float = 0.1, ops: tuple[str, ...] = EDA_OPS) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from core import imbalance
+from core.config import TaskSampling
 from core.imbalance import class_balanced_indices
 
 GROUP_CHUNK_BATCHES = 50  # sort by length inside chunks of 50 batches: little padding, still random
@@ -94,7 +95,7 @@ def steps_per_epoch(sizes: dict[str, int], batch_size: int, sampling: str) -> in
     counts = [math.ceil(n / batch_size) for n in sizes.values() if n > 0]
     if not counts:
         return 0
-    if sampling == "round_robin":
+    if sampling == TaskSampling.ROUND_ROBIN:
         return len(counts) * min(counts)
     return sum(counts)
 
@@ -127,11 +128,11 @@ def epoch_schedule(
         order = task_order(rng)
     else:
         n_steps = steps_per_epoch({t: len(lengths[t]) for t in tasks}, batch_size, sampling)
-        if sampling == "proportional":
+        if sampling == TaskSampling.PROPORTIONAL:
             # Every batch of every task exactly once, in a random interleaving.
             flat = [(t, b) for t in tasks for b in per_task[t]]
             return [flat[i] for i in rng.permutation(len(flat))]
-        if sampling == "round_robin":
+        if sampling == TaskSampling.ROUND_ROBIN:
             return [(t, per_task[t][i]) for i in range(n_steps // len(tasks)) for t in tasks]
         probs = task_probabilities({t: len(lengths[t]) for t in tasks}, sampling, temperature)
         order = imbalance.draw_tasks(probs, n_steps, rng)
@@ -178,7 +179,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         self.sizes = {t: len(v) for t, v in self.lengths.items() if len(v) > 0}
-        self.curriculum = self.sampling == "curriculum"
+        self.curriculum = self.sampling == TaskSampling.CURRICULUM
         self.steps_per_epoch = steps_per_epoch(self.sizes, self.batch_size, self.sampling)
         spe = self.steps_per_epoch
         planned = 0 if spe == 0 else self.max_steps or max(1, math.ceil(self.epochs * spe))
@@ -203,7 +204,7 @@ class Schedule:
             )  # fmt: skip
             self.task_batches = {t: self._run_order.count(t) for t in sizes}
             return
-        if self.sampling == "proportional":  # every batch once per epoch: shares of batches, not examples
+        if self.sampling == TaskSampling.PROPORTIONAL:  # every batch once per epoch: shares of batches, not examples
             shares = {t: math.ceil(n / self.batch_size) for t, n in sizes.items()}
         else:
             shares = imbalance.task_probabilities(sizes, self.sampling, self.temperature)
@@ -240,7 +241,7 @@ class Schedule:
         if self.task_batches is not None:
             total = sum(self.task_batches.values())
             return {t: b / total for t, b in self.task_batches.items()}
-        if self.sampling == "proportional":
+        if self.sampling == TaskSampling.PROPORTIONAL:
             counts = {t: math.ceil(n / self.batch_size) for t, n in self.sizes.items()}
             return {t: c / sum(counts.values()) for t, c in counts.items()}
         return imbalance.task_probabilities(self.sizes, self.sampling, self.temperature)

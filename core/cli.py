@@ -12,7 +12,6 @@ from core.backbones import BUILTIN_BACKBONES
 from core.config import (
     Augment,
     ClassWeighting,
-    ConfigError,
     CurriculumTarget,
     Device,
     LossWeighting,
@@ -20,8 +19,9 @@ from core.config import (
     TaskConfig,
     TaskSampling,
     choices,
+    parse_class_ratio,
 )
-from core.errors import FreezeLabError, user_message
+from core.errors import ConfigError, ExportError, FreezeLabError, user_message
 from core.records import RunState, RunSummary
 from core.store import RunRecord, RunStore, default_runs_dir
 from core.strategies import STRATEGIES
@@ -164,11 +164,9 @@ def _tasks_from_args(args: argparse.Namespace, tasks: list[TaskConfig]) -> list[
 
 def _class_ratio(text: str, option: str) -> dict[str, float] | None:
     """``negative=0.1``; the class names are checked against the dataset's labels when the data loads."""
-    from core.imbalance import ClassRatioError, parse_class_ratio  # imports torch: only when the option is used
-
     try:
         return parse_class_ratio(text) or None
-    except ClassRatioError as exc:
+    except ConfigError as exc:
         raise ConfigError(f"{option} {text!r}: {exc}") from None
 
 
@@ -386,11 +384,12 @@ def cmd_runner(args) -> int:
 
 
 def cmd_work(args) -> int:
+    from core.runner import THREADS_ENV
     from core.runtime import raise_stop_on_sigterm
     from core.train import train_run
 
     raise_stop_on_sigterm()
-    if threads := os.environ.get("FREEZELAB_TORCH_THREADS"):  # set by the runner: its share of the cores
+    if threads := os.environ.get(THREADS_ENV):  # set by the runner: its share of the cores
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
@@ -505,7 +504,7 @@ def cmd_export(args) -> None:
     """A run as a folder sentence-transformers loads: the encoder (LoRA merged), the heads, a README."""
     from pathlib import Path
 
-    from core.export import ExportError, export_run
+    from core.export import export_run
 
     store = _store(args)
     store.existing_path(args.run)

@@ -92,13 +92,16 @@ def cmd_study_list(args) -> None:
 
 
 def add_study_parser(sub, add_config_options) -> None:
+    from core import studies  # light (no torch): its scales are the --scale choices
+
     p = sub.add_parser("study", help="run a designed study that answers a question with intervals")
     ssub = p.add_subparsers(dest="study_command", required=True)
     r = ssub.add_parser("run", help="create and queue a study (or continue one: --study ID)")
     add_config_options(r)
     r.add_argument("--questions", default="all", help="comma-separated: speed, overfitting, head_drift, "
                    "freeze_depth, pretraining, backbone, multitask, imbalance, class_imbalance; or all")  # fmt: skip
-    r.add_argument("--scale", default="quick", choices=["lite", "quick", "full"],
+    scales = sorted(studies.SCALES, key=lambda s: studies.SCALES[s].train_examples)  # lite, quick, full
+    r.add_argument("--scale", default="quick", choices=scales,
                    help="training examples per task: lite 300, quick 1,000, full 3,000")  # fmt: skip
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--threshold", type=float, default=1.0, help="practical difference in points (default 1)")

@@ -8,6 +8,7 @@ dashboard can show the message as it is.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import functools
 import json
@@ -82,6 +83,52 @@ def choices(enum_cls) -> list[str]:
     return [e.value for e in enum_cls]
 
 
+# -- class ratio: "negative=0.1, positive=0.5" ----------------------------------------------------------
+MIN_CLASS_RATIO = 0.001  # the smallest fraction of a class a class_ratio may keep
+_GLUED_RE = re.compile(r"(.*?[^\d.\s:])[\s:]*(\d*\.?\d+)")  # negative0.1 or negative:0.1
+
+
+def parse_class_ratio(text: str, labels: list[str] | None = None, dataset: str | None = None) -> dict[str, float]:
+    """'negative=0.1, positive=0.5' as {class: fraction} ({} when empty), or a ConfigError in the user's words:
+    the bad part and how to write it. Class names are checked against ``labels`` when they are known (the
+    labels of ``dataset``); otherwise when the data loads."""
+    ratio: dict[str, float] = {}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        name, sep, value = (x.strip() for x in part.partition("="))
+        example = f"{name}=0.1" if sep and name else f"{(labels or ['negative'])[0]}=0.1"
+        if not sep and (glued := _GLUED_RE.fullmatch(part)):
+            example = f"{glued[1]}={glued[2]}"
+        if not sep or not name or not value:
+            raise ConfigError(
+                f"Class ratio part {part!r} is not CLASS=FRACTION: write e.g. {example} "
+                "(several classes separated by commas)."
+            )
+        try:
+            fraction = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"Class ratio part {part!r}: {value!r} is not a number; write the fraction to keep, e.g. {example}."
+            ) from None
+        if not math.isfinite(fraction) or not MIN_CLASS_RATIO <= fraction <= 1:
+            raise ConfigError(
+                f"Class ratio part {part!r}: the fraction of class {name!r} to keep must be between "
+                f"{MIN_CLASS_RATIO:g} and 1 (0.1 keeps a tenth of it), e.g. {name}=0.1."
+            )
+        if name in ratio:
+            raise ConfigError(f"Class ratio names class {name!r} twice: give each class once.")
+        if labels is not None and name not in labels:
+            close = difflib.get_close_matches(name, labels, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"Class ratio part {part!r}: {name!r} is not a class of {dataset or 'this dataset'}; its classes "
+                f"are {', '.join(labels)}.{hint}"
+            )
+        ratio[name] = fraction
+    return ratio
+
+
 @dataclass
 class TaskConfig:
     """One task: its name (the head's key), where its data comes from, and which columns to read."""
@@ -126,7 +173,9 @@ class TaskConfig:
                     f"{prefix}.class_ratio={self.class_ratio!r}: give class=fraction pairs, e.g. negative=0.1."
                 )
             for label, fraction in self.class_ratio.items():
-                _check_range(f"{prefix}.class_ratio[{label!r}]", fraction, 0.001, 1.0, hint="a fraction to keep")
+                _check_range(
+                    f"{prefix}.class_ratio[{label!r}]", fraction, MIN_CLASS_RATIO, 1.0, hint="a fraction to keep"
+                )
 
 
 def default_tasks() -> list[TaskConfig]:

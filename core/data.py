@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from core.errors import DataError
+from core.errors import ClassRatioError, DataError
 
 
 @dataclass
@@ -568,7 +568,7 @@ def load_task_data(
 
 def _class_ratio_rows(corpus: _Corpus, train: np.ndarray, keep: dict[str, float], seed: int, task: str) -> np.ndarray:
     """Positions in ``train`` kept by a class ratio; an unknown class is a DataError listing the dataset's labels."""
-    from core.imbalance import ClassRatioError, subsample_class
+    from core.imbalance import subsample_class
 
     try:
         return subsample_class(corpus.labels[train].tolist(), list(corpus.names), keep, seed)

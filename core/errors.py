@@ -53,6 +53,22 @@ class TransitionError(JobError):
     """A run state change that the lifecycle does not allow (see core.records.TRANSITIONS)."""
 
 
+class ExportError(FreezeLabError, ValueError):
+    """A run cannot be exported (no checkpoint, an occupied target folder...); the message says what to do."""
+
+
+class ImbalanceError(ConfigError):
+    """A bad imbalance option (a ValueError); the message names the option, the allowed values and the fix."""
+
+
+class ClassRatioError(ImbalanceError):
+    """A class-ratio spec names an unknown class or a fraction outside (0, 1]."""
+
+
+class AugmentError(ConfigError):
+    """A bad augmentation option (a ValueError); the message says which and what is allowed."""
+
+
 def user_message(exc: BaseException) -> str:
     """What a person is shown for an error: our own messages as they are, anything else with its type."""
     if isinstance(exc, FreezeLabError):

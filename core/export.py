@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.errors import FreezeLabError
+from core.errors import ExportError
 
 __all__ = ["ExportError", "HEADS_FILE", "HEADS_JSON", "export_run", "export_zip", "merge_lora"]
 
@@ -47,10 +47,6 @@ HEADS_FORMAT = 1
 _EXPORT_MARKERS = ("modules.json", HEADS_JSON)
 # Weight files that unpickle on load: an export never contains one.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-class ExportError(FreezeLabError, ValueError):
-    """A run cannot be exported (no checkpoint, an occupied target folder...); the message says what to do."""
 
 
 # -- public API ---------------------------------------------------------------------------------------

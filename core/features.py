@@ -71,6 +71,7 @@ class FrozenFeatures:
         self.hits = self.misses = 0
         self.embeddings: dict[tuple[str, str], torch.Tensor] = {}
         self.lower: dict[tuple[str, str], LowerStates] = {}
+        self.train_lengths = {t: torch.from_numpy(splits["train"].lengths()) for t, splits in encoded.items()}
         enabled = cfg.cache_frozen_backbone and reusable
         self.heads_only = enabled and all(n.startswith("heads.") for n in trained_names)
         self.lower_k = 0 if self.heads_only or not enabled else self._frozen_bottom_layers(trained_names, log)
@@ -135,10 +136,10 @@ class FrozenFeatures:
 
     def train_logits(self, task: str, idx: list[int]) -> tuple[torch.Tensor, int]:
         """Logits of a training batch (with grad where the model trains) and its real token count."""
-        enc = self.encoded[task]["train"]
         if self.heads_only:
-            n_tokens = sum(len(enc.input_ids[i]) for i in idx)
-            return self.model.heads[task](self.embeddings[task, "train"][idx].to(self.device)), n_tokens
+            rows = torch.as_tensor(idx)
+            n_tokens = int(self.train_lengths[task][rows].sum())
+            return self.model.heads[task](self.embeddings[task, "train"][rows].to(self.device)), n_tokens
         emb, n_tokens = self._top_embed(task, "train", idx)
         return self.model.heads[task](emb), n_tokens
 

@@ -15,19 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import ConfigError
+from core import config
+from core.config import CurriculumTarget, TaskSampling, choices
+from core.errors import ClassRatioError, ConfigError, ImbalanceError
 
-SAMPLINGS = ("proportional", "round_robin", "temperature", "uniform")
+# The samplings drawn per batch here; curriculum has its own functions below (curriculum_weights...).
+SAMPLINGS = tuple(v for v in choices(TaskSampling) if v != TaskSampling.CURRICULUM)
 CURRICULUM_STARTS = ("abundant", "proportional")
-CURRICULUM_TARGETS = ("uniform", "proportional", "limited")
-
-
-class ImbalanceError(ConfigError):
-    """A bad imbalance option (a ValueError); the message names the option, the allowed values and the fix."""
-
-
-class ClassRatioError(ImbalanceError):
-    """A class-ratio spec names an unknown class or a fraction outside (0, 1]."""
+CURRICULUM_TARGETS = tuple(choices(CurriculumTarget))
 
 
 # -- which task each batch comes from ---------------------------------------------------------------
@@ -357,23 +352,12 @@ def _check_ratio(keep: dict[str, float], label_names: list[str] | None) -> None:
 
 
 def parse_class_ratio(spec: str) -> dict[str, float]:
-    """Parse "negative=0.1,positive=1" -> {"negative": 0.1, "positive": 1.0}; empty means keep all."""
-    out: dict[str, float] = {}
-    for part in (p.strip() for p in (spec or "").split(",")):
-        if not part:
-            continue
-        name, sep, value = (s.strip() for s in part.partition("="))
-        try:
-            frac = float(value) if sep and name else None
-        except ValueError:
-            frac = None
-        if frac is None:
-            raise ClassRatioError(f"class ratio part {part!r} must look like CLASS=FRACTION, e.g. negative=0.1.")
-        if name in out:
-            raise ClassRatioError(f"class {name!r} appears twice in the class ratio {spec!r}.")
-        out[name] = frac
-    _check_ratio(out, None)
-    return out
+    """Parse "negative=0.1,positive=1" -> {"negative": 0.1, "positive": 1.0}; empty means keep all.
+    ``core.config.parse_class_ratio`` (no torch) is the parser; its ConfigError is a ClassRatioError here."""
+    try:
+        return config.parse_class_ratio(spec)
+    except ConfigError as exc:
+        raise ClassRatioError(str(exc)) from None
 
 
 def subsample_class(labels: list[int], label_names: list[str], keep: dict[str, float], seed: int) -> np.ndarray:

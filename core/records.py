@@ -10,6 +10,7 @@ The run lifecycle, the only state changes allowed (``RunStore.transition`` enfor
 
     queued  -> running     a runner (or `train`) starts it
     queued  -> stopped     cancelled before it started
+    queued  -> failed      it can never start (e.g. the run it starts from is gone)
     running -> running     the worker takes over a run its runner claimed
     running -> completed | failed | stopped
     running -> queued      its runner died before the worker started: back in the queue
@@ -17,6 +18,7 @@ The run lifecycle, the only state changes allowed (``RunStore.transition`` enfor
     failed  -> queued      resume
     stopped -> running     resume in the foreground (`train_run(..., resume=True)`)
     failed  -> running     idem
+    failed  -> failed      a failure recorded again (e.g. a damaged status.json, or a later reason)
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ class RunState(enum.StrEnum):
 
 
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.STOPPED}),
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.STOPPED, RunState.FAILED}),
     RunState.RUNNING: frozenset(
         {RunState.RUNNING, RunState.COMPLETED, RunState.FAILED, RunState.STOPPED, RunState.QUEUED}
     ),
     RunState.STOPPED: frozenset({RunState.QUEUED, RunState.RUNNING}),
-    RunState.FAILED: frozenset({RunState.QUEUED, RunState.RUNNING}),
+    RunState.FAILED: frozenset({RunState.QUEUED, RunState.RUNNING, RunState.FAILED}),
     RunState.COMPLETED: frozenset(),
 }
 

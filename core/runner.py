@@ -281,9 +281,8 @@ class Runner:
             return True
         if not self.store.exists(source):
             try:
-                self.store.transition(run_id, RunState.RUNNING, expect={RunState.QUEUED})
                 self.store.transition(
-                    run_id, RunState.FAILED, finished_at=time.time(),
+                    run_id, RunState.FAILED, expect={RunState.QUEUED}, finished_at=time.time(),
                     error=f"it starts from run {source}, which no longer exists; restore it or queue a new run.",
                 )  # fmt: skip
             except TransitionError:

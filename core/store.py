@@ -43,7 +43,7 @@ from core.config import RunConfig
 from core.errors import ConfigError, InvalidRunId, JobError, RunNotFound, StorageError, TransitionError
 from core.records import Progress, RecordError, RunMeta, RunState, RunStatus, RunSummary, can_transition
 
-__all__ = ["InvalidRunId", "RunNotFound", "RunRecord", "RunStore", "default_runs_dir", "validate_run_id"]
+__all__ = ["RunRecord", "RunStore", "default_runs_dir", "validate_run_id"]
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRASH = ".trash"
@@ -495,9 +495,7 @@ class RunStore:
                 raise
             status = RunStatus(state=RunState.FAILED)
         current = status.state
-        if (expect is not None and current not in expect) or not (
-            can_transition(current, target) or target == RunState.FAILED == current
-        ):
+        if (expect is not None and current not in expect) or not can_transition(current, target):
             raise TransitionError(f"run {run_id} is {current.value}; it cannot become {target.value}.")
         status.state = RunState(target)
         for key, value in updates.items():

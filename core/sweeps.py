@@ -16,7 +16,8 @@ import json
 import os
 import time
 
-from core.config import ConfigError, RunConfig
+from core.config import RunConfig
+from core.errors import ConfigError
 from core.store import slugify
 from core.strategies import get_strategy
 

@@ -198,6 +198,9 @@ class Trainer:
         if resume:
             self.step, self.meter = self._restore()
         self.stage: int | None = None
+        self.in_train_mode = False  # dropout on where the model trains, off in frozen modules: set before a step
+        self.trained_params: list[torch.nn.Parameter] = []  # what gradient clipping sees: the current stage's
+        self.train_labels = {t: torch.as_tensor(ts.train.labels, dtype=torch.long) for t, ts in self.tasks.items()}
         self._update_stage()
         store.update_status(
             run_id,
@@ -306,11 +309,14 @@ class Trainer:
 
     def _train_step(self, task: str, idx: list[int]) -> tuple[float, int]:
         """One optimizer step on one task's batch; returns its (unweighted) loss and its real token count."""
-        self.model.train()
-        set_frozen_eval(self.model)
+        if not self.in_train_mode:  # walking every module costs more than a head's whole step: only after a change
+            self.model.train()
+            set_frozen_eval(self.model)
+            self.trained_params = [p for p in self.model.parameters() if p.requires_grad]
+            self.in_train_mode = True
         if self.features.active:
             logits, n_tokens = self.features.train_logits(task, idx)
-            labels = torch.tensor([self.tasks[task].train.labels[i] for i in idx], dtype=torch.long, device=self.device)
+            labels = self.train_labels[task][idx].to(self.device)
         else:
             ids, mask, labels, n_tokens = collate(self.tasks[task].train, idx, self.pad_id)
             ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
@@ -319,8 +325,7 @@ class Trainer:
         loss, weighted = self.loss(task, logits.float(), labels)
         weighted.backward()
         if self.cfg.max_grad_norm > 0:
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trained_params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -357,6 +362,7 @@ class Trainer:
         stage = self.step // every
         if stage != self.stage:
             apply_strategy(self.model, self.cfg, unfrozen_layers=stage)
+            self.in_train_mode = False  # modes and the clipped parameters follow the new stage
             if self.stage is not None or self.step == 0:  # a resumed run re-enters its stage silently
                 trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
                 self.store.append_metrics(
@@ -374,6 +380,7 @@ class Trainer:
 
     # -- evaluation and records -------------------------------------------------------------------
     def _logits(self, task: str, split: str) -> np.ndarray:
+        self.in_train_mode = False  # evaluation leaves the model in eval mode
         if self.features.active:
             return self.features.logits(task, split)
         enc = getattr(self.tasks[task], split)

@@ -13,6 +13,7 @@ from core import studies
 from core.config import RunConfig
 from core.errors import ConfigError, FreezeLabError
 from core.findings import analyse, points_text, seeds_to_settle
+from core.records import RunState
 from core.report import figures, write_report
 from core.store import RunStore
 from pages.common import fmt_seconds, from_url, get_store, guarded
@@ -92,13 +93,13 @@ def progress_ui(study_id: str) -> None:
         st.info("No run of this study is queued yet: **Continue** queues them.")
         return
     total = sum(counts.values())
-    done = counts.get("completed", 0)
-    others = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if state != "completed")
+    done = counts.get(RunState.COMPLETED, 0)
+    others = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if state != RunState.COMPLETED)
     st.progress(done / total, text=f"{done} of {total} runs completed" + (f" · {others}" if others else ""))
     if counts.get("missing"):
         st.warning(f"{counts['missing']} of this study's runs are no longer in the runs folder (deleted). "
                    "**Continue** queues them again (finished runs are reused).")  # fmt: skip
-    if counts.get("failed") or counts.get("stopped"):
+    if counts.get(RunState.FAILED) or counts.get(RunState.STOPPED):
         st.warning("Some runs did not finish. **Continue** queues what is missing (finished runs are reused).")
 
 

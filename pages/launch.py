@@ -6,7 +6,6 @@ class weights, class-balanced batches, a rare-class scenario (class ratio) and a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import re
@@ -20,16 +19,16 @@ from core.backbones import BUILTIN_BACKBONES
 from core.config import (
     Augment,
     ClassWeighting,
-    ConfigError,
     CurriculumTarget,
     LossWeighting,
     RunConfig,
     TaskConfig,
     TaskSampling,
     choices,
+    parse_class_ratio,
 )
 from core.data import BUILTIN_DATASETS, load_task_data, preview_file, read_table
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.strategies import STRATEGIES, plan
 from pages.common import fmt_params, get_store, guarded, stored_upload
 
@@ -106,7 +105,6 @@ AUGMENT_HELP = (
     "swap and insertion of words (Wei & Zou 2019); embedding: words replaced by their nearest neighbours in the "
     "backbone's input embeddings; both: half of each."
 )
-MIN_RATIO = 0.001  # TaskConfig's lower bound for a class_ratio fraction
 _FIELD_RE = re.compile(r"^(?:tasks\[(?P<task>\d+)\]\.)?(?P<field>[a-z_]+)=(?P<value>.*?)(?P<rest>(?: is |: ).*)$", re.S)
 
 
@@ -470,45 +468,10 @@ def class_ratio_from_text(
 ) -> tuple[dict[str, float] | None, str | None]:
     """'negative=0.1, positive=0.5' as {class: fraction} (None when empty), or the error in the user's words: the
     bad part and how to write it. Class names are checked against ``labels`` when the page has read the data."""
-    ratio: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        name, sep, value = (x.strip() for x in part.partition("="))
-        example = f"{name}=0.1" if sep and name else f"{(labels or ['negative'])[0]}=0.1"
-        if not sep and (glued := _GLUED_RE.fullmatch(part)):  # negative0.1 or negative:0.1
-            example = f"{glued[1]}={glued[2]}"
-        if not sep or not name or not value:
-            return None, (
-                f"Class ratio part {part!r} is not CLASS=FRACTION: write e.g. {example} "
-                "(several classes separated by commas)."
-            )
-        try:
-            fraction = float(value)
-        except ValueError:
-            return (
-                None,
-                f"Class ratio part {part!r}: {value!r} is not a number; write the fraction to keep, e.g. {example}.",
-            )
-        if not math.isfinite(fraction) or not MIN_RATIO <= fraction <= 1:
-            return None, (
-                f"Class ratio part {part!r}: the fraction of class {name!r} to keep must be between {MIN_RATIO:g} "
-                f"and 1 (0.1 keeps a tenth of it), e.g. {name}=0.1."
-            )
-        if name in ratio:
-            return None, f"Class ratio names class {name!r} twice: give each class once."
-        if labels is not None and name not in labels:
-            close = difflib.get_close_matches(name, labels, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            return None, (
-                f"Class ratio part {part!r}: {name!r} is not a class of {dataset}; its classes are "
-                f"{', '.join(labels)}.{hint}"
-            )
-        ratio[name] = fraction
-    return (ratio or None), None
-
-
-_GLUED_RE = re.compile(r"(.*?[^\d.\s:])[\s:]*(\d*\.?\d+)")
+    try:
+        return (parse_class_ratio(text, labels, dataset) or None), None
+    except ConfigError as exc:
+        return None, str(exc)
 
 
 def ratio_effect(ratio: dict[str, float], counts: dict[str, int]) -> str:
@@ -795,7 +758,7 @@ def page() -> None:
             f"Launch ({n_runs} run{'' if n_runs == 1 else 's'})", type="primary", disabled=cfg is None, width="stretch"
         ):
             store = get_store()
-            ids = [jobs.submit(store, RunConfig.from_dict({**cfg.to_dict(), "seed": seed})) for seed in seeds]
+            ids = [jobs.submit(store, dataclasses.replace(cfg, seed=seed)) for seed in seeds]
             st.success(f"Queued {len(ids)} run(s): {', '.join(ids)}. Follow them on the Runs page.")
         if cfg is None:
             st.caption(

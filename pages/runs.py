@@ -75,7 +75,8 @@ def table_ui(df: pd.DataFrame, fresh: dict[str, RunRecord]) -> None:
             continue
         progress = record.progress
         df.at[i, "progress"] = round(progress_fraction(progress) * 100, 1)
-        df.at[i, "activity"] = progress.phase or ("training" if record.state == RunState.RUNNING else "queued")
+        idle = RunState.QUEUED.value  # a live run that is not running is queued
+        df.at[i, "activity"] = progress.phase or ("training" if record.state == RunState.RUNNING else idle)
         left, _ = time_left(record)
         df.at[i, "eta"] = fmt_seconds(left) if left is not None else ""
     task_cols = [c for c in df.columns if c.endswith(" test acc")]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import signal
 import socket
 import sys
 import time
@@ -24,6 +22,9 @@ from core.records import Progress, RunState, RunSummary, TaskSummary
 from core.store import RunStore
 from core.train import train_run
 from tests.conftest import ROOT, tiny_config
+
+# the process helpers live in tests/processes.py; these two are imported from here by the dashboard tests
+from tests.processes import kill_everything_for, wait_for  # noqa: F401
 
 APP = str(ROOT / "app.py")
 SEED_STRATEGIES = ["frozen_backbone", "full_finetune"]
@@ -79,61 +80,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _kill_tree(pid: int | None) -> None:
-    """SIGKILL a process and every descendant of it (children first are collected before the parent dies)."""
-    if not pid:
-        return
-    try:
-        proc = psutil.Process(pid)
-        procs = [*proc.children(recursive=True), proc]
-    except psutil.Error:
-        return
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-
-
-def kill_background(store: RunStore) -> None:
-    """Leave nothing behind: the runner that serves ``store`` with its workers, then any training pid recorded."""
-    info = jobs.runner_info(store)
-    if info:
-        _kill_tree(info["pid"])
-    for record in store.list_runs():
-        pid = record.status.pid
-        if pid and record.state == RunState.RUNNING and jobs.process_alive(pid, record.status.pid_create_time):
-            _kill_tree(pid)
-
-
-def runner_pids(store: RunStore) -> list[int]:
-    """Every process started for this runs directory (found by its command line, so none is missed)."""
-    root = str(store.root.resolve())
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = p.info.get("cmdline") or []
-        if "core" in cmd and root in cmd and p.info["pid"] != os.getpid():
-            found.append(p.info["pid"])
-    return found
-
-
-def kill_everything_for(store: RunStore) -> None:
-    kill_background(store)
-    for pid in runner_pids(store):
-        _kill_tree(pid)
 
 
 # -- shared AppTest helpers ---------------------------------------------------------------------------

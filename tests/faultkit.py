@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.processes import ROOT
+from core.store import METRICS_FILE
+from tests.processes import ROOT, wait_gone, wait_running  # test_faults.py and stress.py import these two here
 
 
 def fault_config(**overrides):
@@ -155,43 +156,9 @@ class Zygote:
 
 
 # -- kill points ----------------------------------------------------------------------------------------
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while alive(pid):
-        if time.time() > deadline:
-            raise AssertionError(f"worker {pid} did not exit within {timeout:.0f}s")
-        time.sleep(0.02)
-
-
-def wait_running(store, run_id: str, pid: int, timeout: float) -> bool:
-    """Wait until the worker ``pid`` has made the run running; False if the worker ended first."""
-    from core.records import RecordError, RunState
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            status = store.read_status(run_id)
-            if status.state == RunState.RUNNING and status.pid == pid:
-                return True
-        except RecordError:
-            pass
-        if not alive(pid):
-            return False
-        time.sleep(0.01)
-    raise AssertionError(f"{run_id}: worker {pid} did not start within {timeout:.0f}s")
-
-
 def metrics_problem(store, run_id: str) -> str | None:
-    """None when every whole line of metrics.jsonl is a JSON object (only a partial last line may not be)."""
-    path = store.path(run_id) / "metrics.jsonl"
+    """None when every whole line of the metrics file is a JSON object (only a partial last line may not be)."""
+    path = store.path(run_id) / METRICS_FILE
     if not path.exists():
         return None
     data = path.read_bytes()
@@ -241,7 +208,7 @@ def check_after_kill(store, run_id: str, pid: int) -> list[str]:
     if status.state != RunState.FAILED or f"pid {pid}" not in (status.error or "") or "resume" not in status.error:
         problems.append(f"{run_id}: after kill -9 of {pid} the run is {status.state} ({status.error!r})")
     if problem := metrics_problem(store, run_id):
-        problems.append(f"{run_id}: metrics.jsonl {problem}")
+        problems.append(f"{run_id}: {METRICS_FILE} {problem}")
     if problem := store.checkpoint_problem(run_id):
         problems.append(f"{run_id}: {problem}")
     if store.has_checkpoint(run_id):

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from core import jobs
-from core.records import RunState
+from core.records import RecordError, RunState
 from core.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,40 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def alive(pid: int) -> bool:
+    """A process with this pid exists (signal 0; unlike ``gone``, a zombie still counts)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float) -> None:
+    """Wait until ``alive(pid)`` is false; AssertionError after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while alive(pid):
+        if time.time() > deadline:
+            raise AssertionError(f"worker {pid} did not exit within {timeout:.0f}s")
+        time.sleep(0.02)
+
+
+def wait_running(store: RunStore, run_id: str, pid: int, timeout: float) -> bool:
+    """Wait until the worker ``pid`` has made the run running; False if the worker ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status = store.read_status(run_id)
+            if status.state == RunState.RUNNING and status.pid == pid:
+                return True
+        except RecordError:
+            pass
+        if not alive(pid):
+            return False
+        time.sleep(0.01)
+    raise AssertionError(f"{run_id}: worker {pid} did not start within {timeout:.0f}s")
 
 
 def start_runner(store: RunStore, *, grace_seconds: float, idle_exit_seconds: float = 30.0) -> subprocess.Popen:

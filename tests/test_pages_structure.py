@@ -32,6 +32,7 @@ MARKS = {
     "runs": {"title": "Runs", "text_input": "Tag or name contains", "selectbox": "Run details"},
     "compare": {"title": "Compare runs", "multiselect": "States"},
     "playground": {"title": "Playground", "text_area": "Sentences, one a line", "subheader": "Predict a whole file"},
+    "findings": {"title": "Findings", "multiselect": "Questions"},
 }
 CSV = b'review,stars\n"Shares fell sharply on Wall Street.",1\n"A warm, funny and beautifully acted film.",5\n'
 
