@@ -647,7 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_separate)
     p = sub.add_parser("bench", help="measure speed and memory against a plain transformers.Trainer script")
     p.add_argument("--quick", action="store_true", help="smaller data, for a quick look")
-    p.add_argument("--sections", default=BENCH_ALL, help="comma-separated: training, dashboard, memory")
+    p.add_argument(
+        "--sections", default=BENCH_ALL, help="comma-separated: training, heads, prediction, dashboard, memory"
+    )
     p.add_argument("--write", help="also write the figures to this file, e.g. BENCHMARKS.md")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("queue", help="show the runner, running and queued runs")

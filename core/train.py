@@ -276,7 +276,7 @@ class Trainer:
             self._evaluate()  # the starting point of every curve
             self._log_weights()
         last_status, early_stop = time.time(), None
-        with self._progress_bar(show_progress) as bar:
+        with self._progress_bar(show_progress) as bar, self._loop_threads():
             while self.step < plan.total_steps and not self.store.stop_requested(self.run_id):
                 task, idx = plan.batch(self.step)
                 self._update_stage()
@@ -370,6 +370,18 @@ class Trainer:
                     {"kind": "unfreeze", **self._position(), "unfrozen_layers": stage, "trainable_params": trainable},
                 )
             self.stage = stage
+
+    @contextlib.contextmanager
+    def _loop_threads(self):
+        """Heads on cached features: a step is a few small tensor ops, which a second thread only slows down
+        (measured 1.46 against about 1 ms a step on 2 cores); one thread for the loop, the setting restored."""
+        threads = torch.get_num_threads()
+        if self.features.heads_only and threads > 1:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def _progress_bar(self, show: bool):
         if not show:
