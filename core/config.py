@@ -461,4 +461,11 @@ def _check_range(name: str, value: float, lo: float, hi: float, hint: str = "") 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) and lo <= value <= hi
     if not ok:
         extra = f" ({hint})" if hint else ""
-        raise ConfigError(f"{name}={value!r} is out of range: use a value between {lo:g} and {hi:g}{extra}.")
+        raise ConfigError(
+            f"{name}={value!r} is out of range: use a value between {_bound(lo)} and {_bound(hi)}{extra}."
+        )
+
+
+def _bound(x: float) -> str:
+    """A range's end as people write it: 10,000,000 rather than 1e+07, 5e-05 as it is."""
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 1 else f"{x:g}"

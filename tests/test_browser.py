@@ -186,7 +186,7 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server, tmp_pa
     url, store = server
     pg = page
 
-    # -- Launch: a cheap run (2-layer backbone, 40 examples per task, 32 tokens) -----------------------------
+    # -- Launch: a cheap run (2-layer backbone, 40 examples per task, 32 tokens, 100 test sentences a task) ---
     pg.goto(url)
     expect(pg.get_by_role("heading", name="Launch runs")).to_be_visible()
     launch = pg.get_by_role("button", name=re.compile(r"^Launch \("))
@@ -205,6 +205,10 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server, tmp_pa
     tokens = pg.get_by_role("spinbutton", name="Max tokens per sentence")
     tokens.fill("32")
     tokens.press("Enter")
+    for label, value in (("Validation sentences per task", "100"), ("Test sentences per task (0 = all)", "100")):
+        box = pg.get_by_role("spinbutton", name=label)
+        box.fill(value)
+        box.press("Enter")
     name = pg.get_by_role("textbox", name="Run name (optional)")
     name.fill(RUN_NAME)
     name.press("Enter")
@@ -223,6 +227,7 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server, tmp_pa
     )
     cfg = store.read_config(run_id)
     assert (cfg.backbone, cfg.name, cfg.max_length) == ("minilm-l6:2", RUN_NAME, 32)
+    assert (cfg.max_eval_examples, cfg.max_test_examples) == (100, 100)
     assert [t.max_train_examples for t in cfg.tasks] == [40, 40]
     pg.locator(".js-plotly-plot").first.wait_for()
     screenshot(pg, "launch")

@@ -166,6 +166,19 @@ def test_launch_button_queues_a_cheap_run_in_the_background(monkeypatch, launch_
     assert jobs.runner_alive(launch_store), "submit started a runner for this folder"
 
 
+def test_launch_caps_the_test_set_and_refuses_a_cap_too_small_to_mean_anything(monkeypatch, tmp_path):
+    at = app(monkeypatch, tmp_path / "runs")
+    cap = one(at.number_input, "Test sentences per task (0 = all)")
+    assert cap.value == 0 and one(at.number_input, "Validation sentences per task").value == 500
+    cap.set_value(5).run()
+    errors = [e.value for e in at.error]
+    assert any("test" in e.lower() and "10" in e for e in errors), errors
+    assert launch_button(at).disabled
+    one(at.number_input, "Test sentences per task (0 = all)").set_value(100).run()
+    no_problem(at)
+    assert not launch_button(at).disabled
+
+
 # -- Runs ---------------------------------------------------------------------------------------------
 def test_runs_page_lists_every_seeded_run_with_results(monkeypatch, seeded):
     at = app(monkeypatch, seeded["root"], "pages/runs.py")
