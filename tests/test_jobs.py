@@ -138,6 +138,25 @@ def test_runner_killed_and_restarted_serves_the_queue_and_runs_nothing_twice(jst
         assert len(zero_evals) == 2  # one per task, once
 
 
+def test_a_queued_run_whose_source_run_was_deleted_fails_in_one_step_with_the_reason(jstore):
+    """A run queued to start from another run's weights (init_from) waits for it; if that run is deleted, the
+    runner fails the queued run straight away, without starting a worker, and says how to fix it."""
+    from core.runner import Runner
+
+    source = jstore.create_run(tiny_config(name="source"))
+    follower = jstore.create_run(tiny_config(name="follower", init_from=source))
+    jstore.delete_run(source)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert Runner(jstore, idle_exit_seconds=0.0).serve() == 0  # nothing it can start: it exits when idle
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    status = jstore.read_status(follower)
+    assert status.state == RunState.FAILED and status.finished_at is not None
+    assert source in status.error and "restore it" in status.error
+    assert status.pid is None and not jstore.log_path(follower).exists(), "no worker was started"
+
+
 def test_cancel_a_queued_run_drops_it(jstore):
     run_id = jobs.submit(jstore, tiny_config(), start_runner=False)
     assert jobs.cancel(jstore, run_id) == RunState.STOPPED
