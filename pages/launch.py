@@ -154,9 +154,16 @@ def cached_preview(path: str, mtime: float) -> dict:
 
 
 @st.cache_data(show_spinner="Checking the data…", max_entries=64)
-def split_sizes(dataset: str, text: str, label: str, max_train: int | None, mtime: float) -> dict:
+def split_sizes(
+    dataset: str,
+    text: str,
+    label: str,
+    max_train: int | None,
+    mtime: float,
+    max_eval: int | None = RunConfig.max_eval_examples,
+    max_test: int | None = RunConfig.max_test_examples,
+) -> dict:
     """The examples each split will get, as a run would load them ({"error": ...} when the data cannot be used)."""
-    defaults = RunConfig()
     try:
         data = load_task_data(
             "check",
@@ -164,8 +171,8 @@ def split_sizes(dataset: str, text: str, label: str, max_train: int | None, mtim
             text_column=text,
             label_column=label,
             max_train_examples=max_train,
-            max_eval_examples=defaults.max_eval_examples,
-            max_test_examples=defaults.max_test_examples,
+            max_eval_examples=max_eval,
+            max_test_examples=max_test,
         )
     except DataError as exc:
         return {"error": str(exc)}
@@ -187,11 +194,21 @@ def name_problem(name: str, default_name: str) -> str | None:
     return None
 
 
+def eval_caps() -> tuple[int | None, int | None]:
+    """(validation, test) sentences per task as the Training settings hold them now (0 test: the whole split)."""
+    max_eval = st.session_state.get("set_max_eval_examples", RunConfig.max_eval_examples)
+    max_test = st.session_state.get("set_max_test_examples", 0)
+    return (int(max_eval) if max_eval else None), (int(max_test) if max_test else None)
+
+
 def data_check_ui(form: TaskForm, dataset: str, text: str, label: str, cap: int | None) -> None:
     """Split sizes before anything is queued: refuse data that cannot measure anything, warn about data that
     can barely measure (a 60-row file leaves 6 test sentences: each one is 16.7 accuracy points)."""
     mtime = Path(dataset).stat().st_mtime if Path(dataset).is_file() else 0.0
-    sizes = split_sizes(dataset, text, label, cap, mtime)
+    # The evaluation caps are set further down the page (Training settings): their current values are in the
+    # session already, so the sizes shown here are the ones the run will get.
+    max_eval, max_test = eval_caps()
+    sizes = split_sizes(dataset, text, label, cap, mtime, max_eval, max_test)
     if "error" in sizes:
         st.error(
             user_words(sizes["error"])[1].replace("text_column", "Text column").replace("label_column", "Label column")

@@ -175,8 +175,11 @@ def test_launch_caps_the_test_set_and_refuses_a_cap_too_small_to_mean_anything(m
     assert any("test" in e.lower() and "10" in e for e in errors), errors
     assert launch_button(at).disabled
     one(at.number_input, "Test sentences per task (0 = all)").set_value(100).run()
+    one(at.number_input, "Validation sentences per task").set_value(50).run()
     no_problem(at)
     assert not launch_button(at).disabled
+    sizes = [c.value for c in at.caption if c.value.startswith("Split sizes:")]
+    assert len(sizes) == 2 and all(s.endswith("· 50 validation · 100 test") for s in sizes), sizes
 
 
 # -- Runs ---------------------------------------------------------------------------------------------
