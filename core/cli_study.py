@@ -25,7 +25,7 @@ def cmd_study_run(args) -> None:
     """Create a study (or continue one by id) and queue what it still needs."""
     from core import studies
     from core.cli import config_from_args
-    from core.findings import fmt_seconds
+    from core.study_values import fmt_seconds
 
     store = _store(args)
     if args.study:

@@ -1,9 +1,10 @@
-"""Findings: a study's runs turned into intervals, verdicts and plain answers. Pure reads: no training, no UI.
+"""Findings: a study's values turned into intervals, verdicts and recommendations. Pure reads: no training, no UI.
 
-``collect`` reads every completed run of a study into one long table; ``analyse`` answers each design's question
-from it; ``seeds_to_settle`` says how many seeds the unsettled answers need. core/report.py writes them down.
+``analyse`` answers each design's question from the values core/study_values.py reads (its plain-words answer
+is written by core/answers.py); ``seeds_to_settle`` says how many seeds the unsettled answers need.
+core/report.py writes them down.
 
-The rules, in one place:
+The rules, in one place (how runs become values, time_to_val and drift included: core/study_values.py):
 
 * **Cells** are compared within their group against the group's reference cell, paired by seed (``core.stats``).
   A cell's mean gets a 95% Student-t interval over its seeds.
@@ -26,17 +27,11 @@ The rules, in one place:
   bootstrap over the test examples with McNemar's test (``core.stats.bootstrap_accuracy_difference``), and the
   sentence says so; it covers test-set sampling, not seed-to-seed noise. Other one-seed comparisons have no
   interval and stay unsettled.
-* **time_to_val / steps_to_val**: the wall seconds / step of a run's first validation evaluation whose accuracy
-  reaches LEVEL = 0.95 x the mean final validation accuracy (the last evaluation, ``summary.val_accuracy``) of
-  the reference cell of the run's group, for that task. A run that never reaches LEVEL has no value (listed in
-  ``never_reached`` and in the answer).
-* **drift:a**: the run's task-A test accuracy minus that of the run named by its config's ``init_from``.
 * **Recommendation** per task (and group): among the cells whose test accuracy is not "worse" than the most
   accurate cell's, the one with the least mean train_seconds, then the fewest trainable parameters. "Worse" here
   is the plain interval verdict, without Holm: Holm protects claims that two cells differ, and would make the
   recommendation *more* willing to pick a cell whose interval already lies wholly below the best by more than
   the threshold.
-* Runs that are missing, damaged or not completed are left out and counted per design.
 """
 
 from __future__ import annotations
@@ -51,344 +46,27 @@ import numpy as np
 import pandas as pd
 
 from core import stats
-from core.records import RunState
 from core.store import RunRecord, RunStore
 from core.studies import Cell, Design, Study
+from core.study_values import (
+    SPECS,
+    MetricSpec,
+    collect_runs,
+    fmt_interval,
+    fmt_points,
+    fmt_sig2,
+    fmt_value,
+    metric_label,
+    points_text,
+    spec_of,
+    split_metric,
+    task_names,
+)
 
-LEVEL_FRACTION = 0.95  # time_to_val: the level is this share of the reference cell's final validation accuracy
 ALPHA = 0.05  # family-wise error rate for Holm
 RATIO_THRESHOLD = 0.05  # relative band for cost ratios (times, steps, throughput, parameters)
 MIN_SEEDS = 3  # what a one-seed comparison needs before any interval over seeds exists
-LEE_SHARE = 0.90  # Lee et al. (2019): about 90% of full fine-tuning quality with only the top quarter training
 NO_RECOMMENDATION = {"head_drift": "its cells are one run and its continuations, not alternatives"}
-
-COLUMNS = ["design", "cell", "group", "series", "x", "seed", "run_id", "state", "metric", "value"]
-SUMMARY_COSTS = ("train_seconds", "wall_seconds", "tokens_per_second", "total_params", "trainable_params")
-
-
-# -- metrics ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MetricSpec:
-    """How one kind of metric is compared and put into words."""
-
-    base: str
-    scale: str  # "difference" | "ratio"
-    unit: str  # points | seconds | steps | tokens/s | parameters | share
-    label: str  # "{task}" is replaced by the task's name
-    template: str  # difference: "{verb} {size} of {label}"; ratio: "trains {x} {word}"
-    words: tuple[str, str]  # difference: (estimate >= 0, < 0) verbs; ratio: (ratio >= 1, < 1) words
-    higher_is_better: bool = True
-    cell_over_reference: bool = True  # ratio orientation: cell / reference, else reference / cell
-    bootstrap: bool = False  # one seed: paired bootstrap over test predictions
-    same: str = ""  # the phrase for a ratio of exactly 1 (deterministic counts)
-
-
-SPECS: dict[str, MetricSpec] = {
-    s.base: s
-    for s in (
-        MetricSpec("test_accuracy", "difference", "points", "{task} test accuracy", "{verb} {size} of {label}",
-                   ("gains", "loses"), bootstrap=True),
-        MetricSpec("test_macro_f1", "difference", "points", "{task} test macro-F1", "{verb} {size} of {label}",
-                   ("gains", "loses")),
-        MetricSpec("test_balanced_accuracy", "difference", "points", "{task} test balanced accuracy",
-                   "{verb} {size} of {label}", ("gains", "loses")),
-        MetricSpec("train_val_gap", "difference", "points", "{task} train-validation gap",
-                   "{verb} the {label} by {size}", ("widens", "narrows"), higher_is_better=False),
-        MetricSpec("drift", "difference", "points", "{task} drift (test accuracy change from its source run)",
-                   "{verb} the {label} by {size}", ("raises", "lowers"), bootstrap=True),
-        MetricSpec("train_seconds", "ratio", "seconds", "training time", "trains {x} {word}", ("faster", "slower"),
-                   cell_over_reference=False),
-        MetricSpec("wall_seconds", "ratio", "seconds", "wall time", "runs end to end {x} {word}",
-                   ("faster", "slower"), cell_over_reference=False),
-        MetricSpec("time_to_val", "ratio", "seconds", "time to the {task} validation level",
-                   "reaches the {task} validation level {x} {word}", ("sooner", "later"), cell_over_reference=False),
-        MetricSpec("steps_to_val", "ratio", "steps", "steps to the {task} validation level",
-                   "reaches the {task} validation level in {x} {word} steps", ("fewer", "more"),
-                   cell_over_reference=False),
-        MetricSpec("tokens_per_second", "ratio", "tokens/s", "throughput", "processes {x} {word} tokens per second",
-                   ("more", "fewer")),
-        MetricSpec("total_params", "ratio", "parameters", "total parameters", "has {x} {word} parameters",
-                   ("fewer", "more"), cell_over_reference=False, same="has as many parameters"),
-        MetricSpec("trainable_params", "ratio", "parameters", "trainable parameters",
-                   "trains {x} {word} parameters", ("fewer", "more"), cell_over_reference=False,
-                   same="trains as many parameters"),
-        MetricSpec("share_kept", "ratio", "share", "share of the reference's {task} test accuracy",
-                   "keeps {x} of {reference}'s {task} test accuracy", ("", "")),
-        MetricSpec("val_accuracy", "difference", "points", "{task} final validation accuracy",
-                   "{verb} {size} of {label}", ("gains", "loses")),
-    )
-}  # fmt: skip
-
-
-def split_metric(metric: str) -> tuple[str, str | None]:
-    """ "test_accuracy:a" -> ("test_accuracy", "a"); "train_seconds" -> ("train_seconds", None)."""
-    base, _, letter = metric.partition(":")
-    return base, (letter or None)
-
-
-def spec_of(metric: str) -> MetricSpec:
-    base, _ = split_metric(metric)
-    if base not in SPECS:
-        raise KeyError(f"unknown study metric {metric!r}; known: {', '.join(SPECS)}")
-    return SPECS[base]
-
-
-def task_names(study: Study) -> dict[str, str]:
-    """Task letter -> task name of the study's base config ("a" is the first task)."""
-    tasks = study.base_config.get("tasks") or []
-    return {letter: t["name"] for letter, t in zip("ab", tasks)}
-
-
-def metric_label(metric: str, tasks: dict[str, str]) -> str:
-    base, letter = split_metric(metric)
-    return SPECS[base].label.replace("{task}", tasks.get(letter, letter or "")) if base in SPECS else metric
-
-
-# -- number formatting (shared with core/report.py) -----------------------------------------------
-def fmt_sig2(x: float) -> str:
-    """Two significant digits, never an exponent, thousands separated: 3.9, 0.55, 1.0, 12, 1,234."""
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    if x == 0:
-        return "0"
-    x = float(f"{x:.2g}")
-    decimals = max(0, 1 - math.floor(math.log10(abs(x))))
-    return f"{x:,.{decimals}f}"
-
-
-def fmt_value(metric: str, v: float | None) -> str:
-    """One number in its metric's own units: points with 1 decimal, seconds, counts with separators."""
-    if v is None or not math.isfinite(v):
-        return "n/a"
-    unit = spec_of(metric).unit if split_metric(metric)[0] in SPECS else ""
-    if unit == "points":
-        return _points(v)
-    if unit == "share":
-        return f"{v * 100:.1f}%"
-    if unit in ("seconds", "tokens/s"):
-        return f"{v:,.1f}" if abs(v) < 100 else f"{v:,.0f}"
-    if unit in ("parameters", "steps"):
-        return f"{v:,.0f}"
-    return f"{v:,.3g}"
-
-
-def fmt_interval(metric: str, iv: stats.Interval | None, unit: str = "") -> str:
-    """ "85.3 [84.1, 86.5]" or "85.3 (1 seed)"; ``unit`` follows the estimate ("85.3% [84.1, 86.5]")."""
-    if iv is None:
-        return "n/a"
-    main = fmt_value(metric, iv.estimate) + unit
-    if iv.low is None or iv.high is None:
-        return f"{main} (1 seed)" if iv.n == 1 else main
-    if iv.low == iv.high:
-        return main
-    return f"{main} [{fmt_value(metric, iv.low)}, {fmt_value(metric, iv.high)}]"
-
-
-def _points(v: float) -> str:
-    """A fraction in points with 1 decimal, never "-0.0"."""
-    text = f"{v * 100:.1f}"
-    return "0.0" if text == "-0.0" else text
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "n/a"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 60 else f"{seconds:.1f} s"
-
-
-# -- collect -------------------------------------------------------------------------------------
-@dataclass
-class Collected:
-    """``collect``'s table and what it left out."""
-
-    table: pd.DataFrame
-    left_out: dict[str, dict[str, int]]  # design -> {"missing"|"damaged"|"unfinished": count}
-    left_out_runs: list[dict[str, Any]]  # {design, cell, seed, run_id, reason}
-    levels: dict[tuple[str, str, str], float]  # (design, group, task letter) -> LEVEL for time_to_val
-    never_reached: list[dict[str, Any]]  # {design, cell, seed, run_id, metric, level}
-    chance: dict[str, float]  # task letter -> 1 / number of classes
-    records: dict[str, RunRecord]  # run id -> record, every run read (sources of drift included)
-
-
-def _all_seeds(study: Study) -> list[int]:
-    return sorted({*study.seeds, *(r["seed"] for r in study.runs if r.get("seed") is not None)})
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _run_values(record: RunRecord, tasks: dict[str, str]) -> dict[str, float]:
-    """Every per-run metric a summary holds, under study metric names."""
-    s = record.summary
-    out: dict[str, float] = {}
-    for key in SUMMARY_COSTS:
-        v = getattr(s, key)
-        if _finite(v):
-            out[key] = float(v)
-    for letter, name in tasks.items():
-        t = s.tasks.get(name)
-        if t is None:
-            continue
-        for key in ("test_accuracy", "test_macro_f1", "test_balanced_accuracy", "val_accuracy"):
-            v = getattr(t, key)
-            if _finite(v):
-                out[f"{key}:{letter}"] = float(v)
-        if _finite(t.train_accuracy) and _finite(t.val_accuracy):
-            out[f"train_val_gap:{letter}"] = float(t.train_accuracy) - float(t.val_accuracy)
-    return out
-
-
-def _first_reaching(evals: list[dict], task: str, level: float) -> dict | None | bool:
-    """The first validation eval of ``task`` at or above ``level``; None if none is; False without a curve."""
-    curve = [
-        r
-        for r in evals
-        if r.get("kind") == "eval" and r.get("split", "validation") == "validation" and r.get("task") == task
-    ]
-    if not curve:
-        return False
-    for r in sorted(curve, key=lambda r: r.get("step", 0)):
-        if _finite(r.get("accuracy")) and r["accuracy"] >= level - 1e-12:
-            return r
-    return None
-
-
-def _collect(store: RunStore, study: Study, designs: list[Design]) -> Collected:
-    tasks = task_names(study)
-    seeds = _all_seeds(study)
-    records: dict[str, RunRecord | None] = {}
-
-    def record(run_id: str) -> RunRecord | None:
-        if run_id not in records:
-            records[run_id] = store.record(run_id) if store.exists(run_id) else None
-        return records[run_id]
-
-    rows: list[dict[str, Any]] = []
-    left_out: dict[str, dict[str, int]] = {}
-    left_out_runs: list[dict[str, Any]] = []
-    levels: dict[tuple[str, str, str], float] = {}
-    never: list[dict[str, Any]] = []
-    chance: dict[str, float] = {}
-    metrics_cache: dict[str, list[dict]] = {}
-
-    for design in designs:
-        counts = left_out.setdefault(design.id, {})
-        included: list[tuple[Cell, int, RunRecord, dict[str, float]]] = []
-        for cell in design.cells:
-            for seed in seeds:
-                run_id = study.run_of(design.id, cell.label, seed)
-                rec = record(run_id) if run_id else None
-                if rec is None:
-                    reason = "missing"
-                elif rec.damaged:
-                    reason = "damaged"
-                elif rec.state != RunState.COMPLETED or rec.summary is None:
-                    reason = "unfinished"
-                else:
-                    reason = None
-                if reason:
-                    if run_id is None and seed not in study.seeds:
-                        continue  # a seed another design queued: not planned for this one
-                    counts[reason] = counts.get(reason, 0) + 1
-                    left_out_runs.append(
-                        {"design": design.id, "cell": cell.label, "seed": seed, "run_id": run_id, "reason": reason}
-                    )
-                    continue
-                values = _run_values(rec, tasks)
-                for letter, name in tasks.items():
-                    t = rec.summary.tasks.get(name)
-                    if t and t.label_names and letter not in chance:
-                        chance[letter] = 1.0 / len(t.label_names)
-                included.append((cell, seed, rec, values))
-
-        wanted = set(design.metrics)
-        # drift: this run's task test accuracy minus its init_from source run's
-        for metric in [m for m in wanted if split_metric(m)[0] == "drift"]:
-            letter = split_metric(metric)[1]
-            for _cell, _seed, rec, values in included:
-                source_id = rec.config.get("init_from")
-                source = record(source_id) if source_id else None
-                if (
-                    source is None
-                    or source.damaged
-                    or source.summary is None
-                    or f"test_accuracy:{letter}" not in values
-                ):
-                    continue
-                before = source.summary.test_accuracy(tasks.get(letter, ""))
-                if _finite(before):
-                    values[metric] = values[f"test_accuracy:{letter}"] - float(before)
-
-        # time_to_val / steps_to_val against the level of the group's reference cell
-        for metric in sorted(m for m in wanted if split_metric(m)[0] in ("time_to_val", "steps_to_val")):
-            base, letter = split_metric(metric)
-            if letter not in tasks:
-                continue
-            for group in dict.fromkeys(c.group for c in design.cells):
-                ref = next((c for c in design.cells if c.group == group and c.reference), None)
-                finals = [
-                    v[f"val_accuracy:{letter}"] for c, _, _, v in included if c is ref and f"val_accuracy:{letter}" in v
-                ]
-                if ref is None or not finals:
-                    continue
-                level = LEVEL_FRACTION * float(np.mean(finals))
-                levels[(design.id, group, letter)] = level
-                for cell, seed, rec, values in included:
-                    if cell.group != group:
-                        continue
-                    if rec.id not in metrics_cache:
-                        metrics_cache[rec.id] = store.read_metrics(rec.id)
-                    hit = _first_reaching(metrics_cache[rec.id], tasks[letter], level)
-                    key = "wall_seconds" if base == "time_to_val" else "step"
-                    if hit is False:
-                        continue  # no validation curve for this task (a run that logged none): nothing to time
-                    if hit is not None and _finite(hit.get(key)):
-                        values[metric] = float(hit[key])
-                    else:
-                        never.append(
-                            {"design": design.id, "cell": cell.label, "seed": seed, "run_id": rec.id,
-                             "metric": metric, "level": level}
-                        )  # fmt: skip
-
-        keep = (wanted - {m for m in wanted if split_metric(m)[0] == "share_kept"}) | {
-            "train_seconds",
-            "trainable_params",
-            *(f"test_accuracy:{letter}" for letter in tasks),
-            *(f"val_accuracy:{letter}" for letter in tasks),
-        }
-        for cell, seed, rec, values in included:
-            for metric, value in values.items():
-                if metric in keep:
-                    rows.append(
-                        {"design": design.id, "cell": cell.label, "group": cell.group, "series": cell.series,
-                         "x": cell.x, "seed": seed, "run_id": rec.id, "state": rec.state.value, "metric": metric,
-                         "value": value}
-                    )  # fmt: skip
-
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    table["x"] = pd.to_numeric(table["x"], errors="coerce")
-    table["value"] = table["value"].astype(float)
-    return Collected(
-        table, left_out, left_out_runs, levels, never, chance, {k: v for k, v in records.items() if v is not None}
-    )
-
-
-def collect(store: RunStore, study: Study) -> pd.DataFrame:
-    """Long table of the study's completed runs: design, cell, group, series, x, seed, run_id, state, metric, value.
-
-    ``table.attrs``: "left_out" (design -> {missing|damaged|unfinished: count}), "left_out_runs", "levels"
-    ({"design/group/letter": LEVEL}) and "never_reached" (runs that never reached LEVEL)."""
-    col = _collect(store, study, study.design_objects())
-    table = col.table
-    table.attrs = {
-        "left_out": col.left_out,
-        "left_out_runs": col.left_out_runs,
-        "levels": {"/".join(k): v for k, v in col.levels.items()},
-        "never_reached": col.never_reached,
-    }
-    return table
 
 
 # -- findings -------------------------------------------------------------------------------------
@@ -547,22 +225,17 @@ def _band_text(spec: MetricSpec, threshold: float) -> str:
     return f"{threshold * 100:g}%" if spec.scale == "ratio" else points_text(threshold)
 
 
-def points_text(v: float) -> str:
-    """0.01 -> "1 point", 0.005 -> "0.5 points"."""
-    return f"{v * 100:g} point" + ("" if v * 100 == 1 else "s")
-
-
 def _size_text(c: stats.Comparison) -> str:
     """Magnitude of a difference in points with its interval oriented the same way: "0.8 [-0.4, 2.0] points"."""
     up = c.estimate >= 0
-    text = _points(abs(c.estimate))
+    text = fmt_points(abs(c.estimate))
     if c.low is not None and c.high is not None and c.low != c.high:
         lo, hi = (c.low, c.high) if up else (-c.high, -c.low)
-        text += f" [{_points(lo)}, {_points(hi)}]"
+        text += f" [{fmt_points(lo)}, {fmt_points(hi)}]"
     return text + " points"
 
 
-def _ratio_text(c: stats.Comparison, percent: bool = False) -> tuple[str, bool]:
+def ratio_text(c: stats.Comparison, percent: bool = False) -> tuple[str, bool]:
     """ "3.9x [3.6, 4.2]" (inverted when below 1, so the sentence can say "slower"); (text, at least 1)."""
     up = c.estimate >= 1 or percent
     est, lo, hi = (
@@ -584,7 +257,7 @@ def _phrase(spec: MetricSpec, metric: str, c: stats.Comparison, tasks: dict[str,
         return spec.template.format(verb=verb, size=_size_text(c), label=label)
     if spec.same and c.estimate == 1.0 and c.low == c.high == 1.0:
         return spec.same
-    text, up = _ratio_text(c, percent=spec.base == "share_kept")
+    text, up = ratio_text(c, percent=spec.base == "share_kept")
     word = spec.words[0] if up else spec.words[1]
     return spec.template.format(x=text, word=word, task=task, reference=reference).replace("  ", " ")
 
@@ -708,8 +381,10 @@ def analyse(
 ) -> StudyFindings:
     """Means with intervals, paired comparisons with Holm-checked verdicts, plain answers and recommendations
     for every design of ``study`` (see the module docstring for the rules)."""
+    from core.answers import answer  # not at module level: core.answers imports this module
+
     designs = study.design_objects()
-    col = _collect(store, study, designs)
+    col = collect_runs(store, study, designs)
     tasks = task_names(study)
     table = col.table
     threshold = study.threshold
@@ -735,7 +410,7 @@ def analyse(
                     )
         comparisons: list[ComparisonResult] = []
         for cell in design.cells:
-            ref = _reference(design, cell.group)
+            ref = reference_of(design, cell.group)
             if cell.reference or ref is None:
                 continue
             for metric in design.metrics:
@@ -839,7 +514,7 @@ def analyse(
         )
         if design.id not in NO_RECOMMENDATION:
             df.recommendations = _recommend(store, design, values, runs, tasks, col.records, threshold, alpha)
-        df.answer = _answer(df, tasks, threshold, alpha)
+        df.answer = answer(df, tasks, threshold, alpha)
         out[design.id] = df
     return StudyFindings(study, tasks, out, table, threshold, ratio_threshold, alpha, n_tests, col.chance, col.records)
 
@@ -849,11 +524,11 @@ def _metric_order(design: Design):
     return lambda m: (order.get(m, len(order)), m)
 
 
-def _reference(design: Design, group: str) -> Cell | None:
+def reference_of(design: Design, group: str) -> Cell | None:
     return next((c for c in design.cells if c.group == group and c.reference), None)
 
 
-def _groups(design: Design) -> list[str]:
+def groups_of(design: Design) -> list[str]:
     return list(dict.fromkeys(c.group for c in design.cells))
 
 
@@ -874,7 +549,7 @@ def _recommend(
 ) -> list[Recommendation]:
     out = []
     acc_spec = SPECS["test_accuracy"]
-    for group in _groups(design):
+    for group in groups_of(design):
         cells = [c for c in design.cells if c.group == group]
         for letter, task in tasks.items():
             metric = f"test_accuracy:{letter}"
@@ -958,7 +633,7 @@ def _recommendation_sentence(rec: Recommendation, metric: str, cheapest: str, th
     )
     savings = []
     if rec.speedup is not None:
-        ratio, up = _ratio_text(rec.speedup)
+        ratio, up = ratio_text(rec.speedup)
         noise = " (1 seed)" if rec.speedup.low is None else (" (within noise)" if rec.speedup.contains(1.0) else "")
         savings.append(f"trains {ratio} {'faster' if up else 'slower'}{noise}")
     pick_p, best_p = rec.trainable_params
@@ -966,205 +641,6 @@ def _recommendation_sentence(rec: Recommendation, metric: str, cheapest: str, th
         fewer = f" ({fmt_sig2(best_p / pick_p)}x fewer)" if pick_p > 0 and best_p > pick_p else ""
         savings.append(f"trains {pick_p:,.0f} instead of {best_p:,.0f} parameters{fewer}")
     return text + (", and it " + " and ".join(savings) if savings else "") + "."
-
-
-# -- answers --------------------------------------------------------------------------------------
-def _answer(df: DesignFindings, tasks: dict[str, str], threshold: float, alpha: float) -> str:
-    if not df.cells:
-        return "No completed runs yet: nothing to answer."
-    special = {"overfitting": _answer_overfitting, "freeze_depth": _answer_freeze_depth, "head_drift": _answer_drift}
-    parts = []
-    fn = special.get(df.design.id)
-    if fn is not None:
-        parts.append(fn(df, tasks))
-    else:
-        parts.append(_answer_generic(df))
-    if df.never_reached:
-        by_cell: dict[tuple[str, str], int] = defaultdict(int)
-        for r in df.never_reached:
-            by_cell[(r["cell"], r["metric"])] += 1
-        parts.append(
-            "Never reached the validation level ("
-            + f"{LEVEL_FRACTION:.0%} of the reference's final validation accuracy): "
-            + "; ".join(
-                f"{cell} ({metric_label(m, tasks)}, {n} run{'s' if n > 1 else ''})" for (cell, m), n in by_cell.items()
-            )
-            + "."
-        )
-    if df.n_seeds == 1:
-        parts.append(
-            "With one seed per cell, accuracy comparisons rest on a bootstrap over test examples (test-set noise "
-            "only); run at least 3 seeds for intervals over training noise."
-        )
-    return " ".join(p for p in parts if p)
-
-
-def _cell_line(df: DesignFindings, cell: str, reference: str, metrics: list[str] | None = None) -> str:
-    comps = [c for c in df.comparisons if c.cell == cell and not c.derived and (metrics is None or c.metric in metrics)]
-    if not comps:
-        return ""
-    return f"{cell} against {reference}: " + "; ".join(f"{c.phrase} ({c.tag})" for c in comps) + "."
-
-
-def _answer_generic(df: DesignFindings) -> str:
-    lines = []
-    for group in _groups(df.design):
-        ref = _reference(df.design, group)
-        if ref is None:
-            continue
-        group_lines = [
-            _cell_line(df, c.label, ref.label) for c in df.design.cells if c.group == group and not c.reference
-        ]
-        group_lines = [g for g in group_lines if g]
-        if group_lines and group:
-            group_lines[0] = f"With {group}: " + group_lines[0]
-        lines.extend(group_lines)
-    return (
-        " ".join(lines)
-        if lines
-        else "No comparison could be made yet: a comparison needs completed runs of the reference cell and of "
-        "another cell with the same seeds."
-    )
-
-
-def _answer_overfitting(df: DesignFindings, tasks: dict[str, str]) -> str:
-    lines = []
-    for group in _groups(df.design):
-        ref = _reference(df.design, group)
-        cells = [c for c in df.design.cells if c.group == group]
-        for letter, task in tasks.items():
-            metric = f"train_val_gap:{letter}"
-            gaps = [(c.series or c.label, df.stat(c.label, metric)) for c in cells]
-            gaps = [(label, s) for label, s in gaps if s is not None]
-            if not gaps:
-                continue
-            text = f"{group or 'all'}, {task} train-validation gap: " + ", ".join(
-                f"{label} {fmt_interval(metric, s.interval)}" for label, s in gaps
-            )
-            changes = [c for c in df.comparisons if c.group == group and c.metric == metric]
-            if changes and ref is not None:
-                name = {c.label: c.series or c.label for c in cells}
-                text += (
-                    " points; against "
-                    + name[ref.label]
-                    + ": "
-                    + ", ".join(f"{name[c.cell]} {c.phrase} ({c.tag})" for c in changes)
-                )
-            else:
-                text += " points"
-            lines.append(text + ".")
-    # where the accuracy curves cross
-    ref_series = {c.series for c in df.design.cells if c.reference}
-    for letter, task in tasks.items():
-        metric = f"test_accuracy:{letter}"
-        for series in dict.fromkeys(c.series for c in df.design.cells if c.series not in ref_series):
-            points = sorted(
-                (
-                    (df.design.cell(c.cell).x, c)
-                    for c in df.comparisons
-                    if c.metric == metric and df.design.cell(c.cell).series == series
-                ),
-                key=lambda p: p[0] if p[0] is not None else 0,
-            )
-            if not points:
-                continue
-            lines.append(f"{task} test accuracy, {series} against {'/'.join(sorted(ref_series))}: " + _crossing(points))
-    return " ".join(lines)
-
-
-def _x_text(x: float | None) -> str:
-    return "n/a" if x is None else f"n={x:,.0f}"
-
-
-def _crossing(points: list[tuple[float | None, ComparisonResult]]) -> str:
-    """Where a series' accuracy crosses the reference's along x: only settled better/worse verdicts count."""
-    desc = ", ".join(f"{c.tag} at {_x_text(x)}" for x, c in points)
-    settled = [(x, c.status) for x, c in points if c.status in ("better", "worse")]
-    for (x1, s1), (x2, s2) in zip(settled, settled[1:]):
-        if s1 != s2:
-            return f"{desc}: the curves cross between {_x_text(x1)} and {_x_text(x2)} ({s1} below, {s2} above)."
-    signs = [np.sign(c.comparison.estimate) for _, c in points if c.comparison.estimate != 0]
-    if len(set(signs)) > 1:
-        return f"{desc}: the estimates change sign, but no crossing within noise."
-    side = "above" if signs and signs[0] > 0 else "below"
-    return f"{desc}: no crossing within noise (the estimates stay {side} at every size)."
-
-
-def _answer_freeze_depth(df: DesignFindings, tasks: dict[str, str]) -> str:
-    lines = []
-    ks = sorted({c.x for c in df.design.cells if c.x is not None and c.x >= 0})
-    n_layers = int(max(ks)) if ks else 0
-    k_quarter = n_layers - math.ceil(n_layers / 4) if n_layers else None
-    ref = _reference(df.design, "")
-    ref_label = ref.label if ref else "the reference"
-    for letter, task in tasks.items():
-        metric = f"share_kept:{letter}"
-        shares = [(df.design.cell(c.cell).x, c) for c in df.comparisons if c.metric == metric]
-        shares = sorted([(x, c) for x, c in shares if x is not None], key=lambda p: p[0])
-        if not shares:
-            continue
-        lines.append(
-            f"Share of {ref_label}'s {task} test accuracy kept: "
-            + ", ".join(f"k={x:g} {_ratio_text(c.comparison, percent=True)[0]}" for x, c in shares)
-            + "."
-        )
-        at = next((c for x, c in shares if x == k_quarter), None)
-        if at is None:
-            continue
-        lo, hi = at.comparison.low, at.comparison.high
-        if lo is None:
-            status = "unsettled"
-            why = "one seed and no interval"
-        elif lo >= LEE_SHARE:
-            status, why = "reproduced", f"the whole interval is at or above {LEE_SHARE:.0%}"
-        elif hi < LEE_SHARE:
-            status, why = "refuted", f"the whole interval is below {LEE_SHARE:.0%}"
-        else:
-            status, why = "unsettled", f"the interval straddles {LEE_SHARE:.0%}"
-        df.lee[task] = status
-        trained = n_layers - k_quarter
-        lines.append(
-            f"Lee et al. (2019) report about {LEE_SHARE:.0%} of full fine-tuning quality with only the top quarter "
-            f"of layers training; here that is k={k_quarter} ({trained} of {n_layers} layers train), which keeps "
-            f"{_ratio_text(at.comparison, percent=True)[0]} on {task}: {status} ({why})."
-        )
-    cost = [c for c in df.comparisons if c.metric == "train_seconds"]
-    if cost:
-        lines.append(
-            "Training time against "
-            + ref_label
-            + ": "
-            + ", ".join(f"{c.cell} {c.phrase} ({c.tag})" for c in cost)
-            + "."
-        )
-    return " ".join(lines)
-
-
-def _answer_drift(df: DesignFindings, tasks: dict[str, str]) -> str:
-    lines = []
-    task = tasks.get("a", "task A")
-    for cell in df.design.cells:
-        s = df.stat(cell.label, "drift:a")
-        if s is not None:
-            lines.append(
-                f"{cell.label}: {task} test accuracy changes by {_signed_points(s.interval)} points from its "
-                "source run."
-            )
-    ref = _reference(df.design, "")
-    for cell in df.design.cells:
-        if cell.reference or ref is None:
-            continue
-        line = _cell_line(df, cell.label, ref.label)
-        if line:
-            lines.append(line)
-    return " ".join(lines)
-
-
-def _signed_points(iv: stats.Interval) -> str:
-    text = f"{iv.estimate * 100:+.1f}"
-    if iv.low is not None and iv.high is not None and iv.low != iv.high:
-        text += f" [{iv.low * 100:+.1f}, {iv.high * 100:+.1f}]"
-    return text
 
 
 # -- seeds ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """A study's findings written down: a self-contained markdown report with PNG charts, and the same charts as
-plotly figures for the dashboard. Reads findings (core/findings.py); trains nothing; no streamlit.
+plotly figures for the dashboard. Reads findings (core/findings.py; numbers formatted by core/study_values.py); trains nothing; no streamlit.
 
 Both renderers draw one chart description (``chart_spec``), so the PNG and the dashboard show the same thing.
 Axis rule: an accuracy axis (test accuracy, macro-F1, share kept) never magnifies noise: bars grow from chance
@@ -16,20 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.findings import (
-    SPECS,
-    DesignFindings,
-    StudyFindings,
-    fmt_interval,
-    fmt_seconds,
-    metric_label,
-    points_text,
-    seeds_to_settle,
-    split_metric,
-)
+from core.findings import DesignFindings, StudyFindings, seeds_to_settle
 from core.records import RunState
 from core.store import RunStore
 from core.studies import Study
+from core.study_values import SPECS, fmt_interval, fmt_seconds, metric_label, points_text, split_metric
 
 MIN_SPAN = 10.0  # points: the narrowest accuracy axis
 LOG_SPREAD = 30.0  # cost axes go logarithmic beyond this max / min

@@ -12,10 +12,11 @@ import streamlit as st
 from core import studies
 from core.config import RunConfig
 from core.errors import ConfigError, FreezeLabError
-from core.findings import analyse, points_text, seeds_to_settle
+from core.findings import analyse, seeds_to_settle
 from core.records import RunState
 from core.report import figures, write_report
 from core.store import RunStore
+from core.study_values import points_text
 from pages.common import fmt_seconds, from_url, get_store, guarded
 
 REFRESH_SECONDS = 5

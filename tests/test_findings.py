@@ -15,9 +15,10 @@ from scipy import stats as sps
 
 from core import stats, studies
 from core.config import RunConfig
-from core.findings import analyse, collect, seeds_to_settle
+from core.findings import analyse, seeds_to_settle
 from core.records import RunState, RunSummary, TaskSummary
 from core.report import chart_spec, figures, write_report
+from core.study_values import collect
 from tests.conftest import tiny_config
 
 TOPIC_LABELS = ["business", "entertainment", "politics", "sport", "tech"]

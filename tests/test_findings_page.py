@@ -19,9 +19,10 @@ from scipy import stats as sps
 from streamlit.testing.v1 import AppTest
 
 from core import stats, studies
-from core.findings import analyse, fmt_sig2, seeds_to_settle, split_metric
+from core.findings import analyse, seeds_to_settle
 from core.records import RunState
 from core.store import RunStore
+from core.study_values import fmt_sig2, split_metric
 from core.train import train_run
 from tests.conftest import tiny_config
 from tests.dashboard_fixtures import APP, chart_spec, kill_everything_for, no_problem, one, values
