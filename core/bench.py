@@ -191,6 +191,7 @@ def bench_heads() -> list[str]:
     from core.config import default_tasks
 
     tasks = default_tasks()  # the whole training splits, quick or not: the target is an epoch over all of them
+    epochs = 3
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "runs")
@@ -201,7 +202,7 @@ def bench_heads() -> list[str]:
                 backbone="minilm-l6:1",
                 tasks=tasks,
                 max_length=16,
-                epochs=3,
+                epochs=epochs,
                 batch_size=batch,
                 max_eval_examples=500,
                 max_test_examples=100,
@@ -213,9 +214,9 @@ def bench_heads() -> list[str]:
         sentences = sum(t.n_train for t in run.tasks.values())
         val = ", ".join(f"{name} {100 * t.val_accuracy:.1f}" for name, t in run.tasks.items())
         lines.append(
-            f"   batch {batch}: {run.steps // 3} steps an epoch, {run.train_seconds / 3:.2f} s an epoch in training "
+            f"   batch {batch}: {run.steps // epochs} steps an epoch, {run.train_seconds / epochs:.2f} s an epoch in training "
             f"steps ({1000 * run.train_seconds / run.steps:.2f} ms a step; target < 1 s); validation accuracy "
-            f"after 3 epochs {val} (500 sentences a task); the whole run {wall:.1f} s"
+            f"after {epochs} epochs {val} (500 sentences a task); the whole run {wall:.1f} s"
         )
     return [
         f"4b. heads on cached frozen features (frozen_backbone), both tasks, {sentences:,} training sentences, "

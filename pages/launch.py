@@ -486,7 +486,7 @@ def settings_ui(slots: dict, extra: dict) -> dict:
             "Validation sentences per task",
             10,
             1_000_000,
-            500,
+            RunConfig.max_eval_examples,
             help="Scored at every evaluation; 500 resolves accuracy to about ±4 points (95%).",
         )
     )
