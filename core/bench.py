@@ -294,7 +294,8 @@ def _interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
 
 def bench_prediction(quick: bool) -> list[str]:
     """One sentence through one run, and through six runs side by side, shared against separate."""
-    from core.predict import Predictor, plan_sharing, quantize, side_by_side_probabilities
+    from core.predict import Predictor, quantize
+    from core.shared_predict import plan_sharing, side_by_side_probabilities
 
     sentence = ["a gorgeous , witty , seductive movie ."]
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,8 +10,9 @@ import streamlit as st
 
 from core.data import read_table
 from core.errors import user_message
-from core.predict import INT8_MIN_AGREEMENT, Predictor, read_int8_report, timed_side_by_side
+from core.predict import INT8_MIN_AGREEMENT, Predictor, read_int8_report
 from core.records import RunState
+from core.shared_predict import timed_side_by_side
 from pages.common import get_store, guarded, stored_upload
 
 MAX_CSV_ROWS = 5000
@@ -56,20 +57,9 @@ def computed_predictions() -> ComputedPredictions:
     return ComputedPredictions()
 
 
-def share_note(plan, run_id: str) -> str | None:
-    """How a run's predictions were computed with the others', when it shared frozen layers with them."""
-    for group in plan.groups:
-        if run_id in group.depths:
-            others = len(group.run_ids) - 1
-            depth = group.depths[run_id]
-            what = "embeddings" + (f" and bottom {depth} layer(s)" if depth else "")
-            return f"Shared: its frozen pretrained {what} were computed once for it and {others} other run(s)."
-    return None
-
-
 def side_by_side(chosen: dict[str, bool], sentences: list[str]) -> dict[str, dict | Exception]:
     """Each chosen run's predictions ({run: int8}): kept ones as they are, the rest computed together, the frozen
-    pretrained layers that runs share computed once (core.predict.timed_side_by_side). A run that fails to load
+    pretrained layers that runs share computed once (core.shared_predict.timed_side_by_side). A run that fails to load
     or predict gets its exception; the others still get their predictions."""
     store = get_store()
     root, cache = str(store.root), computed_predictions()
@@ -91,7 +81,7 @@ def side_by_side(chosen: dict[str, bool], sentences: list[str]) -> dict[str, dic
                 "results": both.results[run_id],
                 "seconds": both.seconds[run_id],
                 "max_length": predictor.max_length,
-                "shared": share_note(both.plan, run_id),
+                "shared": both.plan.note(run_id),
             }
     except Exception:  # noqa: BLE001 - then each run alone, so that an error stays in its own column
         for run_id, predictor in loaded.items():

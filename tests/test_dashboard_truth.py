@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 
 import core.predict
+import core.shared_predict
 from core import jobs
 from core.checkpoint import load_model
 from core.config import RunConfig
@@ -489,14 +490,14 @@ def test_playground_one_runs_error_never_blanks_the_others(monkeypatch, pair, tm
 
 
 def test_playground_predicts_again_only_when_the_sentences_or_the_runs_change(monkeypatch, pair):
-    calls = []
-    original = core.predict.Predictor.probabilities
+    calls = []  # (run, sentences) each time a run's predictions are computed, alone or with the others
+    original = core.shared_predict.side_by_side_probabilities
 
-    def counted(self, texts_, *args, **kwargs):
-        calls.append((self.run_id, tuple(texts_)))
-        return original(self, texts_, *args, **kwargs)
+    def counted(predictors, texts_, *args, **kwargs):
+        calls.extend((p.run_id, tuple(texts_)) for p in predictors)
+        return original(predictors, texts_, *args, **kwargs)
 
-    monkeypatch.setattr(core.predict.Predictor, "probabilities", counted)
+    monkeypatch.setattr(core.shared_predict, "side_by_side_probabilities", counted)
     at = app(monkeypatch, pair["root"], PLAYGROUND)
     ids = list(pair["ids"].values())
     one(at.multiselect, "Runs").set_value(ids).run()

@@ -15,16 +15,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import core.predict
+import core.shared_predict
 from core.config import TaskConfig
-from core.predict import (
+from core.lean import LeanLayer
+from core.predict import Predictor
+from core.records import RunState
+from core.shared_predict import (
     NO_PARTNER,
-    Predictor,
     frozen_claim,
     plan_sharing,
     predict_side_by_side,
     side_by_side_probabilities,
 )
-from core.records import RunState
 from core.store import RunStore, write_json_atomic
 from core.train import train_run
 from tests.conftest import tiny_config
@@ -98,10 +100,32 @@ def test_the_plan_shares_exactly_the_frozen_pretrained_layers(runs, predictors):
     assert group.run_ids[:2] == [ids["frozen_backbone"], ids["frozen_all"]]
     assert group.depths == {ids["frozen_backbone"]: 2, ids["frozen_all"]: 2, ids["freeze_lower_1"]: 1}
     assert group.shared_layers == 2
-    assert group.layer_passes_saved == 3  # alone: 2 + 2 + 1 frozen layer passes; shared: 2
-    assert set(plan.alone) == {ids["full_finetune"], ids["lora"]}
+    # LoRA rides: its rows go through both layers' pretrained weights with the frozen stream's, plus its adapters.
+    assert group.riders == [ids["lora"]] and group.run_ids[-1] == ids["lora"] and group.layers == 2
+    assert group.layer_passes_saved == 5  # alone: 2 + 2 + 1 frozen layer passes + 2 LoRA passes; shared: 2
+    assert set(plan.alone) == {ids["full_finetune"]}
     assert "full fine-tuning" in plan.alone[ids["full_finetune"]]
-    assert "LoRA" in plan.alone[ids["lora"]]
+    assert "LoRA" in plan.note(ids["lora"]) and "bottom 1 layer(s)" in plan.note(ids["freeze_lower_1"])
+    assert plan.note(ids["full_finetune"]) is None
+
+
+def test_lora_runs_alone_share_with_each_other_and_frozen_ones_without_them(runs, predictors):
+    """Two groups' edge cases: the LoRA run with only a freeze_lower run (the frozen stream goes to k=1, the
+    rider on through layer 1 on its own base weights); and frozen runs with no rider stop at the second-deepest
+    frozen layer."""
+    ids = runs["ids"]
+    plan = plan_sharing([predictors["freeze_lower_1"], predictors["lora"]])
+    (group,) = plan.groups
+    assert group.depths == {ids["freeze_lower_1"]: 1} and group.shared_layers == 1 and group.passes == 2
+    assert group.layer_passes_saved == 1  # alone: 1 + 2; together: 2
+    plan = plan_sharing([predictors["frozen_backbone"], predictors["freeze_lower_1"]])
+    (group,) = plan.groups
+    assert group.shared_layers == 1 and group.riders == [] and group.layer_passes_saved == 1
+    chosen = [predictors[n] for n in ("freeze_lower_1", "lora", "full_finetune")]
+    shared = side_by_side_probabilities(chosen, TEXTS, batch_size=2)
+    for name in ("freeze_lower_1", "lora"):
+        alone = predictors[name].probabilities(TEXTS, batch_size=2)
+        assert _max_difference(shared[ids[name]], alone) <= 1e-5, name
 
 
 def test_shared_prediction_gives_the_probabilities_of_each_run_alone(predictors, runs):
@@ -134,42 +158,38 @@ def test_predict_side_by_side_answers_what_predict_answers(predictors, runs):
                     assert abs(g["tasks"][task]["probabilities"][label] - p) <= 1e-5
 
 
-def _count_layer_calls(predictors: list[Predictor]) -> tuple[dict[int, int], list]:
-    """Forward calls of every transformer layer of these predictors, by the id of its model."""
-    calls: dict[int, int] = {}
-    handles = []
+def _count_layer_rows(monkeypatch, predictors: list[Predictor]) -> dict[int, list[int]]:
+    """Rows (sentences) each of these predictors' lean layers computes per call, by the id of its model."""
+    owner = {id(layer): id(p.model) for p in predictors for layer in p.lean().layers}
+    rows: dict[int, list[int]] = {id(p.model): [] for p in predictors}
+    original = LeanLayer.forward
 
-    def counter(key: int):
-        def hook(module, args, output):
-            calls[key] += 1
+    def counted(self, hidden, *args, **kwargs):
+        rows[owner[id(self)]].append(hidden.shape[0])
+        return original(self, hidden, *args, **kwargs)
 
-        return hook
-
-    for p in predictors:
-        calls[id(p.model)] = 0
-        handles += [layer.register_forward_hook(counter(id(p.model))) for layer in p.model.backbone.encoder.layer]
-    return calls, handles
+    monkeypatch.setattr(LeanLayer, "forward", counted)
+    return rows
 
 
-def test_shared_layers_are_computed_once_per_batch(predictors):
+def test_shared_layers_are_computed_once_per_batch(predictors, monkeypatch):
     chosen = [predictors[n] for n in MIX]
-    calls, handles = _count_layer_calls(chosen)
-    try:
-        side_by_side_probabilities(chosen, TEXTS, batch_size=64)  # one batch
-        shared = dict(calls)
-        calls.update(dict.fromkeys(calls, 0))
-        for p in chosen:
-            p.probabilities(TEXTS)
-        separate = dict(calls)
-    finally:
-        for h in handles:
-            h.remove()
+    rows = _count_layer_rows(monkeypatch, chosen)
+    side_by_side_probabilities(chosen, TEXTS, batch_size=64)  # one batch of 5 sentences
+    shared = {key: list(v) for key, v in rows.items()}
+    for v in rows.values():
+        v.clear()
+    for p in chosen:
+        p.probabilities(TEXTS)
     by = {n: id(predictors[n].model) for n in MIX}
-    assert separate == {key: 2 for key in by.values()}  # two layers each, every run alone
-    assert shared[by["frozen_backbone"]] == 2, "the deepest run computes both shared layers, once"
-    assert shared[by["frozen_all"]] == 0, "frozen_all takes every layer from the shared computation"
-    assert shared[by["freeze_lower_1"]] == 1, "k=1 computes only its own (trained) layer 1"
-    assert shared[by["full_finetune"]] == shared[by["lora"]] == 2, "runs that share nothing compute everything"
+    assert rows == {key: [5, 5] for key in by.values()}  # two layers each, every run alone
+    # The deepest frozen run's weights carry the frozen stream (5 rows) and LoRA's rows (5 more) through both
+    # layers, once; LoRA's own base weights are never read.
+    assert shared[by["frozen_backbone"]] == [10, 10], "both layers once, frozen stream and LoRA rows together"
+    assert shared[by["frozen_all"]] == [], "frozen_all takes every layer from the shared computation"
+    assert shared[by["lora"]] == [], "LoRA rides the pretrained weights of the shared pass"
+    assert shared[by["freeze_lower_1"]] == [5], "k=1 computes only its own (trained) layer 1"
+    assert shared[by["full_finetune"]] == [5, 5], "a run that shares nothing computes everything"
 
 
 def test_a_run_started_from_another_run_is_not_shared(predictors, runs):
@@ -240,7 +260,7 @@ def test_one_verification_per_predictor(predictors, monkeypatch):
     chosen = [predictors[n] for n in ("frozen_backbone", "frozen_all")]
     plan_sharing(chosen)
     hashed = []
-    monkeypatch.setattr(core.predict, "_fingerprint", lambda module: hashed.append(module) or "x")
+    monkeypatch.setattr(core.shared_predict, "_fingerprint", lambda module: hashed.append(module) or "x")
     plan = plan_sharing(chosen)
     side_by_side_probabilities(chosen, TEXTS[:1], plan=plan)
     assert not hashed and len(plan.groups) == 1
@@ -264,9 +284,10 @@ def test_playground_computes_the_shared_layers_once(monkeypatch, runs):
     calls.clear()
     one(at.text_area, "Sentences, one a line").set_value(f"{first}\nA second line.").run()
     no_problem(at)
-    assert calls == [ids["lora"]], "only the run that shares nothing predicts on its own"
+    assert calls == [], "every run computes with the others: LoRA rides the pretrained weights"
     notes = [c.value for c in at.caption if c.value.startswith("Shared:")]
-    assert len(notes) == 3 and sum("bottom 1 layer(s)" in n for n in notes) == 1, notes
+    assert len(notes) == 4 and sum("bottom 1 layer(s)" in n for n in notes) == 1, notes
+    assert sum("LoRA adapters" in n for n in notes) == 1, notes
     lines = [m.value for m in at.markdown if ": **" in m.value]
     assert len(lines) == 4 * 2 * 2, "every run, both sentences, both tasks"
     predictor = Predictor.from_run(RunStore(runs["root"]), ids["freeze_lower_1"], device="cpu")
