@@ -235,7 +235,8 @@ PREDICTION_RUNS = {  # name -> (strategy, freeze_layers, seed): tiny runs on the
     "full_finetune": ("full_finetune", None, 0),
     "lora": ("lora", None, 0),
 }
-# Six runs side by side: four share the whole frozen backbone, two share nothing.
+# Six runs side by side: four share the whole frozen backbone, LoRA rides their pretrained weights with its
+# adapters, full fine-tuning shares nothing (the issue's mix: four sharing a frozen backbone).
 SIX_SHARING_FOUR = [
     "frozen_backbone",
     "frozen_backbone s1",
@@ -317,8 +318,12 @@ def bench_prediction(quick: bool) -> list[str]:
         return lambda: side_by_side_probabilities(mixes[mix], sentence, plan=plans[mix])
 
     one_int8 = Predictor(quantize(one.model), tok, one.meta, torch.device("cpu"))
+    unpacked = Predictor(model, tok, one.meta, torch.device("cpu"), pack=False)
+    own = Predictor(model, tok, one.meta, torch.device("cpu"), lean=False)
     fns = {
         "one": lambda: one.probabilities(sentence),
+        "one unpacked": lambda: unpacked.probabilities(sentence),
+        "one own": lambda: own.probabilities(sentence),
         "one int8": lambda: one_int8.probabilities(sentence),
         "naive": naive,
         "four separate": separate("four"),
@@ -348,7 +353,9 @@ def bench_prediction(quick: bool) -> list[str]:
 
     def sharing(mix: str) -> str:
         return "; ".join(
-            f"{len(g.run_ids)} runs share the embeddings and {g.shared_layers} layers" for g in plans[mix].groups
+            f"{len(g.run_ids) - len(g.riders)} frozen runs share the embeddings and {g.shared_layers} layers"
+            + (f", {len(g.riders)} LoRA run(s) riding all {g.layers} layers with them" if g.riders else "")
+            for g in plans[mix].groups
         )
 
     four, nested = passes("four"), passes("nested")
@@ -357,6 +364,9 @@ def bench_prediction(quick: bool) -> list[str]:
         f"rounds, torch threads {threads}",
         f"   one run (Predictor.probabilities): median {med['one']:.1f} ms, p95 {p95(t['one']):.1f} ms (target <= 8 ms); "
         f"naive script (pad to 128, no_grad) {med['naive']:.1f} ms: ratio {med['one'] / med['naive']:.2f}x",
+        f"   the same run computed by the model's own forward (transformers' BertModel) {med['one own']:.1f} ms; "
+        f"by the lean forward with plain weights {med['one unpacked']:.1f} ms; with prepacked weights (above, "
+        f"+{one.packed_bytes / 2**20:.0f} MB per run) {med['one']:.1f} ms",
         f"   one run in int8 (the Playground's option, allowed where int8 agrees with full precision on >= 99.5% "
         f"of the run's test labels): median {med['one int8']:.1f} ms = {med['one int8'] / med['one']:.2f}x full precision",
         f"   six runs side by side, 4 sharing the frozen backbone ({', '.join(SIX_SHARING_FOUR)}; {sharing('four')}):",

@@ -2,19 +2,19 @@
 
 transformers' ``BertModel`` in eval mode computes, per layer: query, key and value projections, attention,
 an output projection with a residual and a LayerNorm, then a GELU feed-forward with a residual and a
-LayerNorm. ``LeanEncoder`` computes exactly that with plain ``torch.nn.functional`` calls, reading the
-query, key and value weights as one matrix (one matmul instead of three), and skips the per-call machinery
-of the library (attention-interface lookup, keyword plumbing, output records). At one sentence that machinery
-is a quarter of the time.
+LayerNorm. ``LeanEncoder`` computes exactly that with plain ``torch.nn.functional`` calls on the model's own
+tensors, and skips the per-call machinery of the library (attention-interface lookup, keyword plumbing,
+output records): at one sentence that machinery is a quarter of the time. ``pack`` adds oneDNN-prepacked
+copies of the weights (query, key and value stacked into one matrix): at a few rows a plain CPU matmul
+re-lays each weight out on every call.
 
 It can also run the rows of several runs through one set of weights. A LoRA run's layers are the pretrained
 layers plus low-rank changes on some projections (``Delta``), so its hidden states can ride in the same
 matmuls as those of runs that froze the pretrained backbone, each block of rows adding its own run's changes.
-The weights are then read once for all of them, which is what one sentence costs on a CPU.
+The weights are then read once for all of them.
 
 Nothing here decides whether a model may take this path: ``LeanEncoder.of`` returns None for any layer it does
-not recognise, and callers check the lean forward against the model's own forward before using it
-(``reproduces``).
+not recognise, and ``Predictor.lean`` checks the lean forward against the model's own forward before using it.
 """
 
 from __future__ import annotations
@@ -54,19 +54,18 @@ class Projection:
     """A linear layer's weight and bias, and optionally the same weight prepacked for oneDNN (``pack``): at a
     few rows, a plain CPU matmul re-lays the weight out on every call, which the packed copy does once."""
 
-    weight: torch.Tensor  # (out, in)
+    weight: torch.Tensor | None  # (out, in); None once packed when the weight was a copy made here
     bias: torch.Tensor | None
     packed: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.width = self.weight.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
         flat = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.packed, self.bias, "none", [], "")
         return flat.view(*x.shape[:-1], flat.shape[-1])
-
-    @property
-    def width(self) -> int:
-        return self.weight.shape[0]
 
     def pack(self) -> int:
         """Prepack the weight (CPU, float32); the bytes it adds."""
@@ -88,9 +87,12 @@ def can_pack(weight: torch.Tensor) -> bool:
 
 @dataclass
 class LeanLayer:
-    """The base weights of one BERT layer (query, key and value stacked), and its own LoRA deltas if any."""
+    """The base weights of one BERT layer (the model's own tensors), and its own LoRA deltas if any. Packed
+    (``pack``), query, key and value are stacked into one prepacked matrix: one matmul instead of three."""
 
-    qkv: Projection  # query, key and value stacked: one matmul
+    query: Projection
+    key: Projection
+    value: Projection
     attention_output: Projection
     norm1: tuple[torch.Tensor, torch.Tensor, float]
     intermediate: Projection
@@ -99,6 +101,7 @@ class LeanLayer:
     heads: int
     approximate: str
     deltas: dict[str, Delta] = field(default_factory=dict)  # projection name (PROJECTIONS) -> LoRA delta
+    qkv: Projection | None = None  # query, key and value stacked and prepacked (``pack``)
 
     def forward(
         self,
@@ -112,8 +115,15 @@ class LeanLayer:
         if blocks is None:
             blocks = [(slice(None), self.deltas)] if self.deltas else []
         batch, tokens, width = hidden.shape
-        qkv = _project(hidden, self.qkv, blocks, ("query", "key", "value"), width)
-        q, k, v = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        split = (batch, tokens, self.heads, width // self.heads)
+        if self.qkv is not None:
+            qkv = _project(hidden, self.qkv, blocks, ("query", "key", "value"), width)
+            q, k, v = qkv.view(batch, tokens, 3, *split[2:]).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = (
+                _project(hidden, p, blocks, (name,), width).view(split).transpose(1, 2)
+                for name, p in (("query", self.query), ("key", self.key), ("value", self.value))
+            )
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         context = context.transpose(1, 2).reshape(batch, tokens, width)
         attended = _project(context, self.attention_output, blocks, ("attention_output",), width)
@@ -125,7 +135,24 @@ class LeanLayer:
 
     @property
     def projections(self) -> list[Projection]:
-        return [self.qkv, self.attention_output, self.intermediate, self.output]
+        return [self.query, self.key, self.value, self.attention_output, self.intermediate, self.output]
+
+    def pack(self) -> int:
+        """Prepack the weights: query, key and value stacked into one packed matrix (the stacked copy is let
+        go once packed), the others packed from the model's own; the bytes the packed copies add."""
+        stacked = Projection(
+            torch.cat([self.query.weight, self.key.weight, self.value.weight]),
+            torch.cat([self.query.bias, self.key.bias, self.value.bias]),
+        )
+        added = stacked.pack()
+        stacked.weight = None
+        self.qkv = stacked
+        return added + sum(p.pack() for p in (self.attention_output, self.intermediate, self.output))
+
+    def unpack(self) -> None:
+        self.qkv = None
+        for p in self.projections:
+            p.packed = None
 
     @classmethod
     def of(cls, layer: torch.nn.Module, config) -> LeanLayer | None:
@@ -149,11 +176,12 @@ class LeanLayer:
         norm1, norm2 = layer.attention.output.LayerNorm, layer.output.LayerNorm
         if not all(isinstance(n, torch.nn.LayerNorm) and n.elementwise_affine for n in (norm1, norm2)):
             return None
-        (qw, qb), (kw, kb), (vw, vb) = parts["query"], parts["key"], parts["value"]
-        if any(b is None for b in (qb, kb, vb)):
+        if any(parts[name][1] is None for name in ("query", "key", "value")):
             return None
         return cls(
-            qkv=Projection(torch.cat([qw, kw, vw]).detach(), torch.cat([qb, kb, vb]).detach()),
+            query=Projection(*parts["query"]),
+            key=Projection(*parts["key"]),
+            value=Projection(*parts["value"]),
             attention_output=Projection(*parts["attention_output"]),
             norm1=(norm1.weight, norm1.bias, norm1.eps),
             intermediate=Projection(*parts["intermediate"]),
@@ -233,16 +261,15 @@ class LeanEncoder:
         return sum(p.weight.numel() * p.weight.element_size() for layer in self.layers for p in layer.projections)
 
     def pack(self) -> int:
-        """Prepack every projection's weight for oneDNN where it applies; the bytes added (0: nothing packed)."""
-        projections = [p for layer in self.layers for p in layer.projections]
-        if not projections or not all(can_pack(p.weight) for p in projections):
+        """Prepack every layer's weights for oneDNN where it applies; the bytes added (0: nothing packed)."""
+        weights = [p.weight for layer in self.layers for p in layer.projections]
+        if not weights or not all(can_pack(w) for w in weights):
             return 0
-        return sum(p.pack() for p in projections)
+        return sum(layer.pack() for layer in self.layers)
 
     def unpack(self) -> None:
         for layer in self.layers:
-            for p in layer.projections:
-                p.packed = None
+            layer.unpack()
 
     @property
     def has_deltas(self) -> bool:

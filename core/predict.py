@@ -81,8 +81,20 @@ def clean_text(text: str) -> str:
 
 
 class Predictor:
-    def __init__(self, model, tokenizer, meta: dict, device: torch.device, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        meta: dict,
+        device: torch.device,
+        run_id: str | None = None,
+        lean: bool = True,
+        pack: bool = True,
+    ) -> None:
+        """``lean``: use the lean forward where it reproduces the model's own; ``pack``: with prepacked weights
+        where they fit ``PACK_LIMIT_BYTES`` (both on by default; the benchmark turns them off to compare)."""
         self.model, self.tokenizer, self.meta, self.device, self.run_id = model, tokenizer, meta, device, run_id
+        self.use_lean, self.use_pack = lean, pack
         self.max_length = int(meta.get("max_length", 128))
         self.model.eval()  # no dropout at prediction time
         # Side by side: how many bottom layers this run claims are the frozen pretrained backbone (set by
@@ -193,10 +205,10 @@ class Predictor:
         return self._share_note if self._prefix_checked else self.frozen_claim.reason
 
     def shared_prefix(self) -> SharedPrefix | None:
-        """The verified bottom of this predictor's backbone that is the pretrained backbone, unchanged: what it
-        may compute together with other runs. None when unsure (``share_note`` says why). Checked once, on
-        first use: the hashes of the frozen tensors against the pretrained backbone's, and the split forward
-        against the model's own forward on two probe sentences."""
+        """The verified part of this predictor's backbone that holds the pretrained weights (frozen, or under
+        LoRA adapters): what it may compute together with other runs. None when unsure (``share_note`` says
+        why). Checked once, on first use (``core.shared_predict.verify_prefix``): the hashes of those tensors
+        against the pretrained backbone's, and a lean forward that reproduces the model's own."""
         if not self._prefix_checked:
             with self._prefix_lock:
                 if not self._prefix_checked:
@@ -220,6 +232,8 @@ class Predictor:
     @torch.inference_mode()
     def _check_lean(self) -> tuple[LeanEncoder | None, str]:
         backbone = self.model.backbone
+        if not self.use_lean:
+            return None, "the lean forward is turned off for this predictor"
         lean = LeanEncoder.of(backbone)
         if lean is None:
             return None, "its architecture is not one the lean forward computes"
@@ -231,7 +245,7 @@ class Predictor:
             got = lean.forward(input_ids, attention_mask)
             return own.shape == got.shape and torch.allclose(own * keep, got * keep, atol=LEAN_TOLERANCE, rtol=0)
 
-        if lean.weight_bytes <= PACK_LIMIT_BYTES:
+        if self.use_pack and lean.weight_bytes <= PACK_LIMIT_BYTES:
             try:
                 packed = lean.pack()
                 if packed and matches():

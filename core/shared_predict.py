@@ -76,6 +76,8 @@ def frozen_claim(store: RunStore, run_id: str, meta: dict, n_layers: int) -> Fro
     if problem or not isinstance(header, dict):
         return FrozenClaim(None, f"its weights file could not be checked ({problem})")
     frozen = {"embeddings", *[f"layer.{i}" for i in range(layers)]}
+    if adapters and any(ADAPTER_MARK in k and group_of(k) == "embeddings" for k in header):
+        return FrozenClaim(None, "its LoRA adapters change the embeddings, which every run sharing them reads")
     stored = [k for k in header if k.startswith("backbone.") and group_of(k) in frozen and ADAPTER_MARK not in k]
     if stored:
         return FrozenClaim(None, f"its checkpoint holds {len(stored)} tensor(s) of layers it should have kept frozen")
@@ -158,6 +160,8 @@ def verify_prefix(predictor: Predictor) -> tuple[SharedPrefix | None, str]:
     if claim.layers is None:
         return None, claim.reason
     backbone = predictor.model.backbone
+    if any(ADAPTER_MARK in f".{name}" for name, _ in backbone.embeddings.named_parameters()):
+        return None, "its LoRA adapters change the embeddings, which every run sharing them reads"
     if predictor.lean() is None:
         return None, f"its layers cannot be computed apart from its own forward ({predictor.lean_note})"
     try:
@@ -236,7 +240,7 @@ class SharePlan:
             if run_id in group.riders:
                 return (
                     f"Shared: its sentences went through the pretrained weights of all {group.layers} layers in the "
-                    f"same pass as {others} other run(s)', adding its own LoRA adapters."
+                    f"same pass as {others} other run(s), adding its own LoRA adapters."
                 )
         return None
 

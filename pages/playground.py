@@ -58,9 +58,10 @@ def computed_predictions() -> ComputedPredictions:
 
 
 def side_by_side(chosen: dict[str, bool], sentences: list[str]) -> dict[str, dict | Exception]:
-    """Each chosen run's predictions ({run: int8}): kept ones as they are, the rest computed together, the frozen
-    pretrained layers that runs share computed once (core.shared_predict.timed_side_by_side). A run that fails to load
-    or predict gets its exception; the others still get their predictions."""
+    """Each chosen run's predictions ({run: int8}): kept ones as they are, the rest computed together, with the
+    pretrained weights that runs hold read once (frozen layers computed once, LoRA runs riding along:
+    core.shared_predict.timed_side_by_side). A run that fails to load or predict gets its exception; the others
+    still get their predictions."""
     store = get_store()
     root, cache = str(store.root), computed_predictions()
     keys = {r: (root, r, store.checkpoint_mtime(r) or 0.0, int8, tuple(sentences)) for r, int8 in chosen.items()}

@@ -52,7 +52,9 @@ def test_the_lean_forward_gives_the_models_own_hidden_states(batch, packed):
     assert lean is not None and not lean.has_deltas
     if packed:
         assert lean.pack() == lean.weight_bytes > 0
-        assert all(p.packed is not None for layer in lean.layers for p in layer.projections)
+        for layer in lean.layers:  # query, key and value as one packed matrix; the stacked copy is let go
+            assert layer.qkv.packed is not None and layer.qkv.weight is None
+            assert all(p.packed is not None for p in (layer.attention_output, layer.intermediate, layer.output))
     own = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     assert _gap(lean.forward(input_ids, attention_mask), own, attention_mask) <= 1e-5
     # One sentence alone (no padding, no mask) too.

@@ -109,7 +109,7 @@ def test_the_plan_shares_exactly_the_frozen_pretrained_layers(runs, predictors):
     assert plan.note(ids["full_finetune"]) is None
 
 
-def test_lora_runs_alone_share_with_each_other_and_frozen_ones_without_them(runs, predictors):
+def test_a_lora_run_rides_past_the_frozen_stream_and_frozen_runs_alone_stop_lower(runs, predictors):
     """Two groups' edge cases: the LoRA run with only a freeze_lower run (the frozen stream goes to k=1, the
     rider on through layer 1 on its own base weights); and frozen runs with no rider stop at the second-deepest
     frozen layer."""
@@ -295,3 +295,17 @@ def test_playground_computes_the_shared_layers_once(monkeypatch, runs):
     column = [c for c in at.columns if any(m.value == "**freeze_lower_1**" for m in c.markdown)][-1]
     shown = [m.value for m in column.markdown if ": **" in m.value]
     assert shown == [f"{t}: **{r['tasks'][t]['label']}**" for r in alone for t in r["tasks"]]
+
+
+def test_lora_adapters_on_the_embeddings_are_never_shared(runs, predictors, tmp_path):
+    """Every run in a group reads one embeddings output: a LoRA run that adapted the embeddings predicts alone."""
+    store = RunStore(tmp_path / "runs")
+    cfg = tiny_config(name="lora_emb", strategy="lora", lora_targets=["word_embeddings", "query"], **SMALL)
+    run_id = store.create_run(cfg)
+    assert train_run(store, run_id) == RunState.COMPLETED
+    predictor = Predictor.from_run(store, run_id, device="cpu")
+    assert predictor.frozen_claim.layers is None and "embeddings" in predictor.frozen_claim.reason
+    plan = plan_sharing([predictors["frozen_backbone"], predictor])
+    assert plan.groups == [] and "embeddings" in plan.alone[run_id]
+    shared = side_by_side_probabilities([predictors["frozen_backbone"], predictor], TEXTS)
+    assert _max_difference(shared[run_id], predictor.probabilities(TEXTS)) <= 1e-5
