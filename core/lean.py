@@ -11,7 +11,7 @@ re-lays each weight out on every call.
 It can also run the rows of several runs through one set of weights. A LoRA run's layers are the pretrained
 layers plus low-rank changes on some projections (``Delta``), so its hidden states can ride in the same
 matmuls as those of runs that froze the pretrained backbone, each block of rows adding its own run's changes.
-The weights are then read once for all of them.
+The weights are then read once for all of them, and the matmuls are larger.
 
 Nothing here decides whether a model may take this path: ``LeanEncoder.of`` returns None for any layer it does
 not recognise, and ``Predictor.lean`` checks the lean forward against the model's own forward before using it.
