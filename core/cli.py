@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from core.backbones import BUILTIN_BACKBONES
 from core.config import (
@@ -138,6 +139,15 @@ def config_from_args(args: argparse.Namespace, store: RunStore) -> RunConfig:
     if overrides:  # free-form JSON values: from_dict checks the keys and the shape of each
         cfg = RunConfig.from_dict({**cfg.to_dict(), **overrides})
     return cfg.validate()
+
+
+def given_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys the user set on purpose: options given, ``--set`` keys and the config file's keys."""
+    keys = {key for key in CONFIG_OPTIONS if getattr(args, key, None) is not None}
+    keys |= set(_set_options(args.set))
+    if args.config:
+        keys |= set(json.loads(Path(args.config).read_text(encoding="utf-8")))  # checked by config_from_args
+    return keys
 
 
 def _tasks_from_args(args: argparse.Namespace, tasks: list[TaskConfig]) -> list[TaskConfig]:

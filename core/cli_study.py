@@ -24,14 +24,14 @@ def _seeds(text: str) -> list[int]:
 def cmd_study_run(args) -> None:
     """Create a study (or continue one by id) and queue what it still needs."""
     from core import studies
-    from core.cli import config_from_args
+    from core.cli import config_from_args, given_keys
     from core.study_values import fmt_seconds
 
     store = _store(args)
     if args.study:
         study = studies.load_study(store, args.study)
     else:
-        base = config_from_args(args, store)
+        base = studies.scaled_base(config_from_args(args, store), args.scale, given_keys(args))
         designs = list(studies.QUESTIONS) if args.questions == "all" else [q.strip() for q in args.questions.split(",")]
         study = studies.create_study(store, base, designs=designs, scale=args.scale, seeds=_seeds(args.seeds),
                                      name=args.study_name or "", threshold=args.threshold / 100)  # fmt: skip

@@ -74,13 +74,37 @@ class Scale:
     limited_task_examples: int = 200
     rare_class: str = "negative"  # of the default Task B (Rotten Tomatoes sentiment)
     rare_class_fraction: float = 0.1
+    # Run settings the scale brings, under any the user set on purpose (``scaled_base``).
+    run_settings: dict[str, Any] = field(default_factory=dict)
+
+    def describe_settings(self) -> str:
+        """The run settings in words ("" when it brings none)."""
+        words = {
+            "max_length": "inputs cut at {} tokens",
+            "max_eval_examples": "{} validation sentences per task",
+            "max_test_examples": "{} test sentences per task",
+            "eval_every_steps": "an evaluation every {} steps",
+        }
+        return ", ".join(words.get(k, f"{k}={{}}").format(f"{v:,}") for k, v in self.run_settings.items())
 
 
+# lite: what fits a 2-core CPU in a session, the settings docs/findings.md was run with.
+LITE_SETTINGS = {"max_length": 64, "max_eval_examples": 100, "max_test_examples": 500, "eval_every_steps": 10}
 SCALES = {
     "quick": Scale("quick", 1000, (100, 300, 1000)),
-    "lite": Scale("lite", 300, (100, 300)),  # for a 2-core CPU (see docs/findings.md for its cost)
+    "lite": Scale("lite", 300, (100, 300), run_settings=LITE_SETTINGS),
     "full": Scale("full", 3000, (100, 300, 1000, 3000)),
 }
+
+
+def scaled_base(base: RunConfig, scale: str, given: set[str] | frozenset[str] = frozenset()) -> RunConfig:
+    """``base`` with the scale's run settings, except the keys in ``given`` (what the user set on purpose: a
+    command-line option, a ``--set``, a key of the config file)."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r}: choose one of {', '.join(SCALES)}.")
+    changes = {k: v for k, v in SCALES[scale].run_settings.items() if k not in given}
+    return dataclasses.replace(base, **changes).validate() if changes else base
+
 
 ACC = ("test_accuracy:a", "test_accuracy:b")
 COST = ("train_seconds", "wall_seconds")

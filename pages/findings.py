@@ -50,6 +50,7 @@ def new_study_ui(store) -> None:
     try:
         seeds = _seeds(seeds_text)
         base = RunConfig(backbone=backbone, max_length=64, train_eval_examples=300).validate()
+        base = studies.scaled_base(base, scale, given={"backbone", "train_eval_examples"})
         n_layers = _layers(backbone)
         table = studies.builtin_designs(studies.SCALES[scale], n_layers)
         planned = studies.plan([table[d] for d in chosen], base, seeds)
@@ -65,6 +66,9 @@ def new_study_ui(store) -> None:
         for d in chosen:
             st.markdown(f"**{table[d].question}** " + ", ".join(f"`{c.label}`" for c in table[d].cells)
                         + (f"  \n_{table[d].note}_" if table[d].note else ""))  # fmt: skip
+    if studies.SCALES[scale].run_settings:
+        st.caption(f"Scale {scale} also sets {studies.SCALES[scale].describe_settings()}: what fits a 2-core CPU, "
+                   "and what docs/findings.md was run with. Fewer test sentences give wider intervals.")  # fmt: skip
     cached = "; ".join(est["frozen_cached"]) or "none yet (the first frozen-backbone run computes them)"
     st.caption(
         f"About **{fmt_seconds(est['total_seconds'])}** for {est['runs_to_train']} runs to train, one at a time on "

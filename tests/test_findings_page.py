@@ -235,6 +235,25 @@ def test_a_launched_study_is_shown_and_the_picker_switches_back(monkeypatch, tmp
         kill_everything_for(store)
 
 
+def test_the_lite_scale_says_what_it_sets_and_the_study_carries_it(monkeypatch, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    monkeypatch.setattr("core.jobs.ensure_runner", lambda store: None)  # queue the runs, train nothing
+    try:
+        at = findings_app(monkeypatch, store.root)
+        one(at.selectbox, "Scale").set_value("lite").run()
+        no_problem(at)
+        (note,) = [c.value for c in at.caption if c.value.startswith("Scale lite also sets")]
+        assert "500 test sentences per task" in note and "64 tokens" in note
+        one(at.button, "Launch study").click().run()
+        no_problem(at)
+        (study_id,) = store.study_ids()
+        base = studies.load_study(store, study_id).base_config
+        assert {k: base[k] for k in studies.LITE_SETTINGS} == studies.LITE_SETTINGS
+        assert base["train_eval_examples"] == 300, "the page's own setting stays"
+    finally:
+        kill_everything_for(store)
+
+
 def test_an_empty_runs_folder_invites_a_first_study(monkeypatch, tmp_path):
     at = findings_app(monkeypatch, tmp_path / "runs")
     assert [i.value for i in at.info] == ["No study yet: pick a question above and launch it."]

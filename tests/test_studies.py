@@ -111,3 +111,31 @@ def test_relaunch_resumes_failed_runs_and_chains_start_from(store):
     assert again["two-task source"].action == "resume" and again["two-task source"].run_id == source
     assert store.state(source) == RunState.QUEUED
     assert len(store.run_ids()) == 3
+
+
+def test_the_lite_scale_brings_its_run_settings_under_what_the_user_set():
+    base = _base()
+    lite = studies.scaled_base(base, "lite")
+    assert {k: getattr(lite, k) for k in studies.LITE_SETTINGS} == studies.LITE_SETTINGS
+    assert lite.tasks == base.tasks and lite.backbone == base.backbone
+    kept = studies.scaled_base(dataclasses.replace(base, max_test_examples=200), "lite", {"max_test_examples"})
+    assert kept.max_test_examples == 200 and kept.max_length == studies.LITE_SETTINGS["max_length"]
+    assert studies.scaled_base(base, "quick") == base, "quick and full bring no settings"
+    assert "500 test sentences per task" in studies.SCALES["lite"].describe_settings()
+    with pytest.raises(ConfigError, match="scale"):
+        studies.scaled_base(base, "huge")
+
+
+def test_study_run_on_the_lite_scale_keeps_the_options_given(tmp_path):
+    """The real CLI: ``--scale lite`` brings its settings; an option or a ``--set`` given on purpose wins."""
+    from core.store import RunStore
+    from tests.conftest import run_cli
+
+    runs = tmp_path / "runs"
+    args = ("study", "run", "--questions", "speed", "--scale", "lite", "--seeds", "0", "--no-runner")
+    done = run_cli(*args, "--backbone", TINY_BACKBONE, "--max-length", "32", "--set", "max_test_examples=200",
+                   runs_dir=runs)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    base = studies.load_study(RunStore(runs), done.stdout.strip().splitlines()[-1]).base_config
+    assert base["max_length"] == 32 and base["max_test_examples"] == 200, "given on purpose: kept"
+    assert base["max_eval_examples"] == 100 and base["eval_every_steps"] == 10, "not given: the scale's"
