@@ -347,8 +347,11 @@ def _check_ratio(keep: dict[str, float], label_names: list[str] | None) -> None:
     for name, frac in keep.items():
         if label_names is not None and name not in label_names:
             raise ClassRatioError(f"class {name!r} is not a label of this task; the classes are {label_names}.")
-        if not 0 < frac <= 1:
-            raise ClassRatioError(f"class {name!r}: keep fraction {frac} must be in (0, 1], e.g. {name}=0.1.")
+        if not config.MIN_CLASS_RATIO <= frac <= 1:  # the bound the parser and TaskConfig use (NaN fails too)
+            raise ClassRatioError(
+                f"class {name!r}: keep fraction {frac} must be between {config.MIN_CLASS_RATIO:g} and 1, "
+                f"e.g. {name}=0.1."
+            )
 
 
 def parse_class_ratio(spec: str) -> dict[str, float]:

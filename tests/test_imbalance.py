@@ -235,7 +235,7 @@ def test_subsample_class_errors_name_the_problem():
     with pytest.raises(ClassRatioError, match=r"'neutral'.*\['negative', 'positive'\]") as err:
         subsample_class([0, 1], ["negative", "positive"], {"neutral": 0.5}, seed=0)
     assert isinstance(err.value, ValueError)
-    for bad in (0.0, 1.5, -0.1, float("nan")):
+    for bad in (0.0, 0.0005, 1.5, -0.1, float("nan")):  # 0.0005: under MIN_CLASS_RATIO, as the parser says
         with pytest.raises(ClassRatioError, match="negative"):
             subsample_class([0, 1], ["negative", "positive"], {"negative": bad}, seed=0)
 
