@@ -39,14 +39,14 @@ GELU_APPROXIMATION = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "
 
 @dataclass(frozen=True)
 class Delta:
-    """One LoRA adapter on one projection: ``y += scaling * (x @ a.T) @ b.T``."""
+    """One LoRA adapter on one projection: ``y += (x @ a.T) @ b.T``, with peft's scaling folded into ``b``
+    (one multiplication fewer per call; a copy of a rank x out matrix)."""
 
     a: torch.Tensor  # (rank, in)
-    b: torch.Tensor  # (out, rank)
-    scaling: float
+    b: torch.Tensor  # (out, rank), times the adapter's scaling
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.a), self.b) * self.scaling
+        return F.linear(F.linear(x, self.a), self.b)
 
 
 @dataclass
@@ -234,7 +234,7 @@ def _linear(module: torch.nn.Module) -> tuple[tuple[torch.Tensor, torch.Tensor |
     if type(a) is not torch.nn.Linear or type(b) is not torch.nn.Linear or a.bias is not None or b.bias is not None:
         return None
     weights = (base.weight.detach(), None if base.bias is None else base.bias.detach())
-    return weights, Delta(a.weight.detach(), b.weight.detach(), float(module.scaling[active[0]]))
+    return weights, Delta(a.weight.detach(), b.weight.detach() * float(module.scaling[active[0]]))
 
 
 @dataclass

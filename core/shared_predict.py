@@ -310,8 +310,7 @@ def plan_sharing(predictors: list[Predictor]) -> SharePlan:
     return SharePlan(groups, {label: alone[label] for label in labels if label in alone}, labels)
 
 
-def _heads(model, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    embedding = pool(hidden, attention_mask, model.pooling)
+def _heads(model, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
     return {task: torch.softmax(head(embedding).float(), dim=-1).cpu() for task, head in model.heads.items()}
 
 
@@ -383,6 +382,9 @@ def side_by_side_probabilities(
             states, riders, mask = _shared_pass(group, input_ids, attention_mask)
             shared = time.perf_counter() - tick
             finals = dict(zip(group.riders, riders))
+            # Runs that end on the same hidden states pool once; each entry keeps its hidden states alive, so that
+            # no other tensor can take their id within this batch.
+            pooled: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
             for label, member in zip(group.run_ids, group.members):
                 tick = time.perf_counter()
                 if label in finals:
@@ -390,7 +392,10 @@ def side_by_side_probabilities(
                 else:
                     depth = group.depths[label]
                     hidden = member.lean().run(states[depth], mask, depth)
-                for task, probs in _heads(member.model, hidden, attention_mask).items():
+                key = (id(hidden), member.model.pooling)
+                if key not in pooled:
+                    pooled[key] = (hidden, pool(hidden, attention_mask, member.model.pooling))
+                for task, probs in _heads(member.model, pooled[key][1]).items():
                     parts[label][task].append(probs)
                 seconds[label] += shared + time.perf_counter() - tick
         for label in group.run_ids:
