@@ -146,7 +146,10 @@ def given_keys(args: argparse.Namespace) -> set[str]:
     keys = {key for key in CONFIG_OPTIONS if getattr(args, key, None) is not None}
     keys |= set(_set_options(args.set))
     if args.config:
-        keys |= set(json.loads(Path(args.config).read_text(encoding="utf-8")))  # checked by config_from_args
+        in_file = set(json.loads(Path(args.config).read_text(encoding="utf-8")))  # checked by config_from_args
+        if "max_eval_examples" in in_file:  # an older file's test cap comes from it (RunConfig.from_dict)
+            in_file.add("max_test_examples")
+        keys |= in_file
     return keys
 
 

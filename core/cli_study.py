@@ -31,7 +31,13 @@ def cmd_study_run(args) -> None:
     if args.study:
         study = studies.load_study(store, args.study)
     else:
-        base = studies.scaled_base(config_from_args(args, store), args.scale, given_keys(args))
+        given = given_keys(args)
+        base = studies.scaled_base(config_from_args(args, store), args.scale, given)
+        brought = studies.SCALES[args.scale].run_settings
+        if brought:
+            kept = sorted(set(brought) & given)
+            print(f"scale {args.scale} sets {studies.SCALES[args.scale].describe_settings()}"
+                  + (f"; kept your own {', '.join(kept)}" if kept else ""), file=sys.stderr)  # fmt: skip
         designs = list(studies.QUESTIONS) if args.questions == "all" else [q.strip() for q in args.questions.split(",")]
         study = studies.create_study(store, base, designs=designs, scale=args.scale, seeds=_seeds(args.seeds),
                                      name=args.study_name or "", threshold=args.threshold / 100)  # fmt: skip
@@ -102,7 +108,9 @@ def add_study_parser(sub, add_config_options) -> None:
                    "freeze_depth, pretraining, backbone, multitask, imbalance, class_imbalance; or all")  # fmt: skip
     scales = sorted(studies.SCALES, key=lambda s: studies.SCALES[s].train_examples)  # lite, quick, full
     r.add_argument("--scale", default="quick", choices=scales,
-                   help="training examples per task: lite 300, quick 1,000, full 3,000")  # fmt: skip
+                   help="training examples per task: lite 300, quick 1,000, full 3,000; lite also sets 64 tokens, "
+                   "100 validation and 500 test sentences per task and an evaluation every 10 steps, unless an "
+                   "option, --set or config-file key says otherwise")  # fmt: skip
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--threshold", type=float, default=1.0, help="practical difference in points (default 1)")
     r.add_argument("--study-name", help="a name for the study")

@@ -3,7 +3,7 @@
 transformers' ``BertModel`` in eval mode computes, per layer: query, key and value projections, attention,
 an output projection with a residual and a LayerNorm, then a GELU feed-forward with a residual and a
 LayerNorm. ``LeanEncoder`` computes exactly that with plain ``torch.nn.functional`` calls on the model's own
-tensors, and skips the per-call machinery of the library (attention-interface lookup, keyword plumbing,
+tensors (LoRA's B matrices excepted: scaled copies), and skips the per-call machinery of the library (attention-interface lookup, keyword plumbing,
 output records): at one sentence that machinery is a quarter of the time. ``pack`` adds oneDNN-prepacked
 copies of the weights (query, key and value stacked into one matrix): at a few rows a plain CPU matmul
 re-lays each weight out on every call.
@@ -40,7 +40,7 @@ GELU_APPROXIMATION = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "
 @dataclass(frozen=True)
 class Delta:
     """One LoRA adapter on one projection: ``y += (x @ a.T) @ b.T``, with peft's scaling folded into ``b``
-    (one multiplication fewer per call; a copy of a rank x out matrix)."""
+    (one multiplication fewer per call; a copy of an out x rank matrix)."""
 
     a: torch.Tensor  # (rank, in)
     b: torch.Tensor  # (out, rank), times the adapter's scaling

@@ -85,7 +85,10 @@ class Scale:
             "max_test_examples": "{} test sentences per task",
             "eval_every_steps": "an evaluation every {} steps",
         }
-        return ", ".join(words.get(k, f"{k}={{}}").format(f"{v:,}") for k, v in self.run_settings.items())
+        return ", ".join(
+            words.get(k, f"{k}={{}}").format(f"{v:,}" if isinstance(v, int) else v)
+            for k, v in self.run_settings.items()
+        )
 
 
 # lite: what fits a 2-core CPU in a session, the settings docs/findings.md was run with.

@@ -49,8 +49,8 @@ def new_study_ui(store) -> None:
     backbone = c4.text_input("Backbone", "minilm-l6", key="study_backbone")
     try:
         seeds = _seeds(seeds_text)
-        base = RunConfig(backbone=backbone, max_length=64, train_eval_examples=300).validate()
-        base = studies.scaled_base(base, scale, given={"backbone", "train_eval_examples"})
+        # The command line's base: a study launched here and one run by `study run` reuse each other's runs.
+        base = studies.scaled_base(RunConfig(backbone=backbone).validate(), scale, given={"backbone"})
         n_layers = _layers(backbone)
         table = studies.builtin_designs(studies.SCALES[scale], n_layers)
         planned = studies.plan([table[d] for d in chosen], base, seeds)

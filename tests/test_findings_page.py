@@ -249,7 +249,7 @@ def test_the_lite_scale_says_what_it_sets_and_the_study_carries_it(monkeypatch, 
         (study_id,) = store.study_ids()
         base = studies.load_study(store, study_id).base_config
         assert {k: base[k] for k in studies.LITE_SETTINGS} == studies.LITE_SETTINGS
-        assert base["train_eval_examples"] == 300, "the page's own setting stays"
+        assert base["max_length"] == 64 and base["backbone"] == "minilm-l6"
     finally:
         kill_everything_for(store)
 

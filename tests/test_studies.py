@@ -139,3 +139,18 @@ def test_study_run_on_the_lite_scale_keeps_the_options_given(tmp_path):
     base = studies.load_study(RunStore(runs), done.stdout.strip().splitlines()[-1]).base_config
     assert base["max_length"] == 32 and base["max_test_examples"] == 200, "given on purpose: kept"
     assert base["max_eval_examples"] == 100 and base["eval_every_steps"] == 10, "not given: the scale's"
+
+
+def test_a_config_file_counts_as_given_including_an_older_files_test_cap(tmp_path):
+    """Keys of a ``--config`` file were set on purpose; a file from before ``max_test_examples`` existed caps
+    its test split with ``max_eval_examples``, so that cap counts as given too."""
+    import json
+
+    from core.cli import build_parser, given_keys
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"max_eval_examples": 50, "strategy": "frozen_backbone"}))
+    args = build_parser().parse_args(["study", "run", "--config", str(old), "--scale", "lite", "--set", "seed=3"])
+    assert given_keys(args) == {"max_eval_examples", "max_test_examples", "strategy", "seed"}
+    args = build_parser().parse_args(["study", "run", "--scale", "lite", "--max-length", "32"])
+    assert given_keys(args) == {"max_length"}
