@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-# The projections of a BERT layer, by their module path inside ``encoder.layer[i]``; LoRA targets are matched
-# against these names (peft's ``target_modules`` matches the last part: query, value, dense ...).
+# The projections of a BERT layer, by their module path inside ``encoder.layer[i]``; the keys name a layer's
+# LoRA deltas (peft's ``target_modules`` matched the modules' last names: query, value, dense ...).
 PROJECTIONS = {
     "query": "attention.self.query",
     "key": "attention.self.key",
@@ -282,9 +282,9 @@ class LeanEncoder:
         """The last hidden state, as ``backbone(input_ids, attention_mask).last_hidden_state``."""
         return self.run(self.embed(input_ids), attention_mask_for(attention_mask), 0)
 
-    def run(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int | None = None) -> torch.Tensor:
-        """Layers ``start`` to ``stop`` (None: the top) over ``hidden``, with this model's own deltas."""
-        for layer in self.layers[start:stop]:
+    def run(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int) -> torch.Tensor:
+        """Layers ``start`` to the top over ``hidden``, with this model's own deltas."""
+        for layer in self.layers[start:]:
             hidden = layer.forward(hidden, mask)
         return hidden
 

@@ -50,8 +50,11 @@ class MultiTaskModel(nn.Module):
 
     def predict_all(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every head from one backbone pass (what a multi-task model buys at serving time)."""
-        emb = self.embed(input_ids, attention_mask)
-        return {task: head(emb) for task, head in self.heads.items()}
+        return self.logits(self.embed(input_ids, attention_mask))
+
+    def logits(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's logits for pooled sentence embeddings."""
+        return {task: head(embedding) for task, head in self.heads.items()}
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

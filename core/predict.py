@@ -27,8 +27,8 @@ from core.store import RunStore, read_json, write_json_atomic
 PROBE_TEXTS = ["a short probe .", "a second , somewhat longer probe sentence , so that the first one is padded ."]
 LEAN_TOLERANCE = 1e-5  # the lean forward must give the model's own hidden states within this, or it is not used
 # Prepacked weights are a second copy of the layers' weights: worth it for backbones up to MiniLM-L12's size
-# (85 MB of layer weights; MiniLM-L6 one sentence 12.7 -> 8.8 ms unpacked lean -> ~8 ms packed, see BENCHMARKS.md),
-# not for a BERT-base's 340 MB per run loaded side by side.
+# (85 MB of layer weights; MiniLM-L6, one sentence on a quiet host: own forward 11.1-11.8 ms, plain lean 8.9-9.3,
+# prepacked 6.4-6.7; BENCHMARKS.md), not for a BERT-base's 340 MB per run loaded side by side.
 PACK_LIMIT_BYTES = 128 * 2**20
 
 
@@ -49,7 +49,6 @@ class SharedPrefix:
 
     key: tuple  # backbone spec, architecture, tokenizer, max_length, device, dtype: what makes the inputs equal
     layers: int  # transformer layers above the embeddings, all equal to the pretrained backbone's
-    fingerprints: tuple[str, ...]  # hashes of the embeddings' and of each of those layers' tensors
     adapters: bool = False  # LoRA adapters on those layers: the run rides with the frozen stream
 
 
@@ -162,7 +161,7 @@ class Predictor:
                 logits = self.model.predict_all(input_ids, attention_mask)
             else:
                 embedding = pool(lean.forward(input_ids, attention_mask), attention_mask, self.model.pooling)
-                logits = {task: head(embedding) for task, head in self.model.heads.items()}
+                logits = self.model.logits(embedding)
             for task, value in logits.items():
                 out[task].append(torch.softmax(value.float(), dim=-1).cpu())
         return {task: torch.cat(parts) for task, parts in out.items()}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.lean import stacked_mask
+from core.lean import attention_mask_for, stacked_mask
 from core.model import pool
 from core.predict import FrozenClaim, Predictor, SharedPrefix, checked_texts
 from core.store import WEIGHTS_FILE, RunStore, safetensors_header
@@ -185,7 +185,7 @@ def verify_prefix(predictor: Predictor) -> tuple[SharedPrefix | None, str]:
         str(predictor.device),
         str(dtype),
     )
-    return SharedPrefix(key, claim.layers, own, claim.adapters), claim.reason
+    return SharedPrefix(key, claim.layers, claim.adapters), claim.reason
 
 
 @dataclass
@@ -311,7 +311,7 @@ def plan_sharing(predictors: list[Predictor]) -> SharePlan:
 
 
 def _heads(model, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {task: torch.softmax(head(embedding).float(), dim=-1).cpu() for task, head in model.heads.items()}
+    return {task: torch.softmax(value.float(), dim=-1).cpu() for task, value in model.logits(embedding).items()}
 
 
 def _shared_pass(
@@ -319,8 +319,6 @@ def _shared_pass(
 ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
     """One batch through the group's shared weights: the frozen stream's hidden states at the depths its runs
     take them from, each rider's last hidden state, and the lean attention mask."""
-    from core.lean import attention_mask_for
-
     leans = [member.lean() for member in group.members]
     n_frozen = len(group.depths)
     hidden = leans[0].embed(input_ids)
