@@ -31,16 +31,16 @@ class BuiltinBackbone:
 
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     "minilm-l6": BuiltinBackbone(
-        "minilm-l6", "all-MiniLM-L6-v2, 6 layers, hidden 384 (packaged, offline)", "22.7M params", "fast"
+        "minilm-l6", "all-MiniLM-L6-v2, 6 layers, hidden 384 (packaged, offline)", "22.6M params", "fast"
     ),
-    "minilm-l6:4": BuiltinBackbone("minilm-l6:4", "MiniLM-L6 cut to its bottom 4 layers", "19.1M params", "faster"),
+    "minilm-l6:4": BuiltinBackbone("minilm-l6:4", "MiniLM-L6 cut to its bottom 4 layers", "19.0M params", "faster"),
     "minilm-l6:2": BuiltinBackbone(
-        "minilm-l6:2", "MiniLM-L6 cut to its bottom 2 layers (weaker embeddings)", "15.6M params", "fastest (~3x)"
+        "minilm-l6:2", "MiniLM-L6 cut to its bottom 2 layers (weaker embeddings)", "15.5M params", "fastest (~2-3x)"
     ),
     "minilm-l6-scratch": BuiltinBackbone(
         "minilm-l6-scratch",
         "MiniLM-L6 architecture with random weights: the no-transfer baseline",
-        "22.7M params",
+        "22.6M params",
         "fast",
     ),
 }

@@ -108,7 +108,7 @@ def add_study_parser(sub, add_config_options) -> None:
                    "freeze_depth, pretraining, backbone, multitask, imbalance, class_imbalance; or all")  # fmt: skip
     scales = sorted(studies.SCALES, key=lambda s: studies.SCALES[s].train_examples)  # lite, quick, full
     r.add_argument("--scale", default="quick", choices=scales,
-                   help="training examples per task: lite 300, quick 1,000, full 3,000; lite also sets 64 tokens, "
+                   help="training examples per task: lite 300, quick 1,000 (the default), full 3,000; lite also sets 64 tokens, "
                    "100 validation and 500 test sentences per task and an evaluation every 10 steps, unless an "
                    "option, --set or config-file key says otherwise")  # fmt: skip
     r.add_argument("--seeds", default="0,1,2")

@@ -17,8 +17,8 @@ The rules, in one place (how runs become values, time_to_val and drift included:
   cell / reference ("processes 1.5x more tokens per second"). Their threshold is relative: ``ratio_threshold``
   (default 0.05: the band [1/1.05, 1.05]). ``share_kept`` is cell / reference test accuracy ("keeps 93.0%
   [90.1%, 95.9%] of full_finetune's topic test accuracy"), with ``study.threshold`` as its relative band.
-* **Holm** runs over all the study's comparisons (every design, metric and cell; ``share_kept`` is not a test of
-  its own: it restates the accuracy comparison of the same cell and takes that comparison's adjusted p). A
+* **Holm** runs within each question (a design's comparisons over its cells and metrics; ``share_kept`` is not a
+  test of its own: it restates the accuracy comparison of the same cell and takes that comparison's adjusted p). A
   "better" or "worse" verdict needs the interval beyond the threshold (``core.stats.verdict``) *and* a
   Holm-adjusted p <= ``alpha`` (0.05); an interval that clears the band with an adjusted p above alpha is
   downgraded to "unsettled" and its sentence says so. "Equivalent" is not downgraded (it rests on the interval

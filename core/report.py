@@ -470,15 +470,37 @@ def _settings(store: RunStore, study: Study, findings: StudyFindings) -> list[st
         ("threshold", f"{points_text(study.threshold)} for accuracy, macro-F1, gaps and drift; "
                       f"{findings.ratio_threshold * 100:g}% for cost ratios"),  # fmt: skip
         ("intervals", "95% Student-t over seeds; comparisons paired by seed (cost ratios on the log scale)"),
-        ("multiple comparisons", f"Holm over {findings.n_tests} comparisons, alpha {findings.alpha:g}: a "
-                                 "better/worse interval whose adjusted p is above alpha counts as unsettled (the "
-                                 "smallest p must be below "
-                                 f"{findings.alpha / max(findings.n_tests, 1):.2g}; few seeds rarely get there)"),
+        ("multiple comparisons", _holm_text(findings)),
         ("runs", f"{completed} completed runs read; left out of the analysis: {left_text}"),
         ("compute", f"{fmt_seconds(total)} of run wall time in total ({n_timed} runs); "
                     f"{fmt_seconds(span)} from the first run created to the last finished"),
     ]  # fmt: skip
     return ["| setting | value |", "| --- | --- |", *(f"| {k} | {_md_escape(v)} |" for k, v in rows)]
+
+
+def _holm_text(findings: StudyFindings) -> str:
+    """Holm runs within each question (core/findings.py): say so, with the families' sizes and their bounds."""
+    sizes = sorted(
+        {d.design.id: max((c.family_size for c in d.comparisons if not c.derived), default=0)
+         for d in findings.designs.values()}.values()
+    )  # fmt: skip
+    sizes = [m for m in sizes if m > 0]
+    alpha = findings.alpha
+    if not sizes:
+        return f"Holm within each question, alpha {alpha:g}: no comparison has a p-value yet"
+    if len(sizes) == 1:
+        families = f"{sizes[0]} comparisons in one family"
+        bound = f"the smallest p must be below {alpha / sizes[0]:.2g}"
+    else:
+        families = f"{sum(sizes)} comparisons in {len(sizes)} families of {sizes[0]}-{sizes[-1]}"
+        bound = (
+            f"the smallest p of a family of m must be below alpha/m: {alpha / sizes[-1]:.2g} in the largest "
+            f"family, {alpha / sizes[0]:.2g} in the smallest"
+        )
+    return (
+        f"Holm within each question ({families}), alpha {alpha:g}: a better/worse interval whose adjusted p is "
+        f"above alpha counts as unsettled ({bound}; few seeds rarely get there)"
+    )
 
 
 def _table_header(metric: str, tasks: dict[str, str]) -> str:

@@ -121,7 +121,7 @@ def _sized(n: int) -> dict[str, Any]:
 
 
 def builtin_designs(scale: Scale, n_layers: int = 6) -> dict[str, Design]:
-    """The eight questions of the seeds, each as a design over ``scale``."""
+    """The questions of the seeds (``QUESTIONS``), each as a design over ``scale``."""
     k_mid = n_layers // 2
     size = _sized(scale.train_examples)
     ff = {"strategy": "full_finetune", **size}
@@ -595,7 +595,7 @@ def estimate(store: RunStore, planned: list[PlannedRun]) -> dict[str, Any]:
     return {
         "runs_to_train": len(todo), "runs_reused": len(planned) - len(todo),
         "total_seconds": sum(per_design.values()), "per_design": per_design,
-        "basis": f"measured on this machine ({basis}); defaults from BENCHMARKS.md otherwise",
+        "basis": f"measured on this machine ({basis}); built-in defaults (core/studies.py) otherwise",
         "frozen_cached": sorted(cached),
     }  # fmt: skip
 

@@ -165,8 +165,9 @@ def report_zip(runs_root: str, study_id: str) -> bytes:
 @guarded
 def page() -> None:
     st.title("Findings")
-    st.caption("A question from the seeds, answered with several seeds and 95% intervals. A difference inside the "
-               "practical threshold, or whose interval includes no difference, is reported as unsettled.")  # fmt: skip
+    st.caption("A question from the seeds, answered with several seeds and 95% intervals. A difference whose whole "
+               "interval lies inside the practical threshold is reported as equivalent; one whose interval reaches "
+               "across the threshold, or includes no difference, as unsettled.")  # fmt: skip
     store = get_store()
     ids = store.study_ids()
     with st.expander("Start a study", expanded=not ids):

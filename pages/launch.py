@@ -105,7 +105,7 @@ RATIO_HELP = (
 AUGMENT_HELP = (
     "Extra training copies of this task's examples (training split only, no download). eda: random deletion, "
     "swap and insertion of words (Wei & Zou 2019); embedding: words replaced by their nearest neighbours in the "
-    "backbone's input embeddings; both: half of each."
+    "backbone's input embeddings; both: each copy is one or the other at random."
 )
 _FIELD_RE = re.compile(r"^(?:tasks\[(?P<task>\d+)\]\.)?(?P<field>[a-z_]+)=(?P<value>.*?)(?P<rest>(?: is |: ).*)$", re.S)
 

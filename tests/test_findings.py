@@ -170,9 +170,9 @@ def test_verdicts_follow_the_seeds_and_become_unsettled_with_spread(store, tmp_p
     assert advice.max_seeds == max(n for n in needed.values() if n is not None)
 
 
-def test_holm_runs_over_all_comparisons_and_downgrades(store):
+def test_holm_runs_over_a_questions_comparisons_and_downgrades(store):
     # threshold 0.1 points: freeze_lower's +5 points clears it with an unadjusted p of about 0.013, which Holm
-    # over the study's noisy comparisons pushes above 0.05
+    # over the question's noisy comparisons pushes above 0.05
     lab = Lab(store, threshold=0.001)
     noisy_times = {
         "full_finetune": [100, 90, 120],
@@ -252,7 +252,7 @@ def test_report_holds_the_verdicts_and_links_existing_charts(store, tmp_path):
             assert c.sentence in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert links and all((path.parent / link).is_file() for link in links)
-    assert "Holm over" in text and "| seeds |" in text and "Answer." in text
+    assert "Holm within each question" in text and "| seeds |" in text and "Answer." in text
     default = write_report(store, lab.study, f)
     assert default.parent == store.study_report_dir(lab.study.id) and default.is_file()
     figs = figures(f)
