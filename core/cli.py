@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -439,10 +440,26 @@ def cmd_int8(args) -> None:
     )
 
 
+Z95 = 1.96
+SMALL_TEST_SET = 100  # below this many test sentences an accuracy is good to about +-10 points or worse
+
+
+def _acc_with_noise(accuracy: float, n: int | None, digits: int = 3) -> str:
+    """An accuracy with the 95% half-width its test set allows (binomial), and the set's size."""
+    if not n:
+        return f"{accuracy:.{digits}f}"
+    half = Z95 * math.sqrt(accuracy * (1 - accuracy) / n)  # core.stats.accuracy_standard_error, without scipy
+    return f"{accuracy:.{digits}f} +-{half:.{digits}f} (n={n})"
+
+
 def _fmt_acc(summary: RunSummary | None) -> str:
     if not summary:
         return "-"
-    accs = [f"{task}={t.test_accuracy:.3f}" for task, t in summary.tasks.items() if t.test_accuracy is not None]
+    accs = [
+        f"{task}={_acc_with_noise(t.test_accuracy, t.n_test, 2)}"
+        for task, t in summary.tasks.items()
+        if t.test_accuracy is not None
+    ]
     return " ".join(accs) or "-"
 
 
@@ -459,7 +476,7 @@ def cmd_runs(args) -> None:
         state = "damaged" if r.damaged else r.state
         print(
             f"{r.id:<48} {state:<10} {r.config.get('strategy', '?'):<16} {r.config.get('backbone', '?'):<18} "
-            f"{_fmt_acc(r.summary):<36} {'' if secs is None else f'{secs:.1f}s'}"
+            f"{_fmt_acc(r.summary):<56} {'' if secs is None else f'{secs:.1f}s'}"
             + (f"  ({r.damaged})" if r.damaged else "")
         )
 
@@ -490,7 +507,10 @@ def _print_record(record: RunRecord) -> None:
         )
         for task, t in s.tasks.items():
             acc = (
-                f"test acc {t.test_accuracy:.4f} macro-F1 {t.test_macro_f1:.4f}" if t.test_accuracy is not None else ""
+                f"test acc {_acc_with_noise(t.test_accuracy, t.n_test)} macro-F1 {t.test_macro_f1:.3f}"
+                + (" (a small test set: wide interval)" if t.n_test and t.n_test < SMALL_TEST_SET else "")
+                if t.test_accuracy is not None
+                else ""
             )
             change = t.val_accuracy_change
             print(
@@ -540,7 +560,15 @@ def cmd_separate(args) -> None:
     from core.predict import Predictor, median_latency
 
     store = _store(args)
-    records = [r for r in store.list_runs() if (r.config.get("sweep_id") or "") == args.sweep or not args.sweep]
+    records = store.list_runs()
+    if args.sweep and not any(r.config.get("sweep_id") == args.sweep for r in records):
+        known = sorted({r.config.get("sweep_id") for r in records if r.config.get("sweep_id")})
+        raise ConfigError(
+            f"no sweep {args.sweep!r} in {store.root}; "
+            + (f"sweeps there: {', '.join(known[:10])}" if known else "it has no sweep yet")
+            + " (`python -m core runs --json` shows each run's sweep_id)."
+        )
+    records = [r for r in records if r.config.get("sweep_id") == args.sweep or not args.sweep]
     table = separate_models_table(records)
     if table.empty:
         print("no completed multi-task run with single-task partners; run `python -m core sweep --separate-models`")
@@ -588,6 +616,13 @@ def cmd_restore(args) -> None:
     print(f"restored {args.run}")
 
 
+def run_arg(text: str) -> str:
+    """A run id as typed: tab completion inside the runs folder adds a trailing slash, which is dropped. Anything
+    else path-like is left for the store to refuse (``validate_run_id``)."""
+    stripped = text.rstrip("/")
+    return stripped if stripped and "/" not in stripped else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core", description="FreezeLab: train and compare freezing strategies."
@@ -612,20 +647,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("restore", cmd_restore, "bring a deleted run back"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("run")
+        p.add_argument("run", type=run_arg)
         if name == "show":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("predict", help="predict both tasks for sentences with a trained run")
-    p.add_argument("run")
+    p.add_argument("run", type=run_arg)
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("int8", help="measure how often int8 agrees with full precision on a run's test sentences")
-    p.add_argument("run")
+    p.add_argument("run", type=run_arg)
     p.set_defaults(func=cmd_int8)
     p = sub.add_parser("export", help="write a run as a sentence-transformers folder (heads and README included)")
-    p.add_argument("run")
+    p.add_argument("run", type=run_arg)
     p.add_argument("dir", help="the folder to write (absent or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in that folder")
     p.set_defaults(func=cmd_export)
@@ -669,11 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_queue)
     p = sub.add_parser("cancel", help="drop a queued run or stop a running one (checkpoint kept)")
-    p.add_argument("run")
+    p.add_argument("run", type=run_arg)
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for it to stop")
     p.set_defaults(func=cmd_cancel)
     p = sub.add_parser("resume", help="continue a stopped or failed run from its last checkpoint")
-    p.add_argument("run")
+    p.add_argument("run", type=run_arg)
     p.set_defaults(func=cmd_resume)
     p = sub.add_parser("runner", help="serve the queue in the foreground (submit starts one for you)")
     p.add_argument("--concurrency", type=int)
@@ -685,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_study_parser(sub, add_config_options)
     p = sub.add_parser("_work")  # one run in this process; what the runner starts
-    p.add_argument("run")
+    p.add_argument("run", type=run_arg)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_work)
     return parser

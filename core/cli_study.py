@@ -21,6 +21,25 @@ def _seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds {text!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
 
 
+TRAINING_SIZE_OPTIONS = ("max_train_examples", "task_a_max_train_examples", "task_b_max_train_examples")
+
+
+def _refuse_training_sizes(args) -> None:
+    """Every built-in question sets the training examples per task from the scale (a size ladder, a cut Task B):
+    an option that sets them would be silently overwritten, so it is refused before anything is created."""
+    from core import studies
+    from core.errors import ConfigError
+
+    given = ["--" + o.replace("_", "-") for o in TRAINING_SIZE_OPTIONS if getattr(args, o, None) is not None]
+    if given:
+        scales = sorted(studies.SCALES.values(), key=lambda s: s.train_examples)
+        raise ConfigError(
+            f"study run: {' and '.join(given)} would have no effect: each question sets the training examples per "
+            f"task from --scale ({', '.join(f'{s.name} {s.train_examples:,}' for s in scales)}; the overfitting "
+            "question runs a ladder of sizes). Drop the option and pick a scale."
+        )
+
+
 def cmd_study_run(args) -> None:
     """Create a study (or continue one by id) and queue what it still needs."""
     from core import studies
@@ -31,13 +50,14 @@ def cmd_study_run(args) -> None:
     if args.study:
         study = studies.load_study(store, args.study)
     else:
+        _refuse_training_sizes(args)
         given = given_keys(args)
         base = studies.scaled_base(config_from_args(args, store), args.scale, given)
-        brought = studies.SCALES[args.scale].run_settings
-        if brought:
-            kept = sorted(set(brought) & given)
-            print(f"scale {args.scale} sets {studies.SCALES[args.scale].describe_settings()}"
-                  + (f"; kept your own {', '.join(kept)}" if kept else ""), file=sys.stderr)  # fmt: skip
+        scale = studies.SCALES[args.scale]
+        kept = sorted(set(scale.run_settings) & given)
+        print(f"scale {args.scale}: {scale.train_examples:,} training examples per task (the questions size "
+              "their runs from it)" + (f"; sets {scale.describe_settings()}" if scale.run_settings else "")
+              + (f"; kept your own {', '.join(kept)}" if kept else ""), file=sys.stderr)  # fmt: skip
         designs = list(studies.QUESTIONS) if args.questions == "all" else [q.strip() for q in args.questions.split(",")]
         study = studies.create_study(store, base, designs=designs, scale=args.scale, seeds=_seeds(args.seeds),
                                      name=args.study_name or "", threshold=args.threshold / 100)  # fmt: skip

@@ -75,9 +75,12 @@ def default_runs_dir() -> Path:
 
 def validate_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
+        name = run_id.rstrip("/").rsplit("/", 1)[-1] if isinstance(run_id, str) else ""
+        path_like = "/" in str(run_id) and ".." not in str(run_id)
+        hint = f" (the folder's name alone: {name!r}?)" if path_like and RUN_ID_RE.fullmatch(name) else ""
         raise InvalidRunId(
             f"run id {run_id!r} is not valid: use letters, digits, '.', '_' and '-' only (no paths), "
-            "as listed by `python -m core runs`."
+            f"as listed by `python -m core runs`{hint}."
         )
     return run_id
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 
@@ -79,6 +81,35 @@ def test_runs_lists_and_delete_restores(trained_run):
     assert gone.returncode == 2 and "not found" in gone.stderr and "Traceback" not in gone.stderr
     assert run_cli("restore", run_id, runs_dir=runs).returncode == 0
     assert run_cli("show", run_id, "--json", runs_dir=runs).returncode == 0
+
+
+def test_show_and_runs_give_each_accuracy_its_test_set_noise(trained_run):
+    runs, result = trained_run
+    run_id = result.stdout.strip().splitlines()[-1]
+    summary = json.loads(run_cli("show", run_id, "--json", runs_dir=runs).stdout)["summary"]
+    shown = run_cli("show", run_id + "/", runs_dir=runs)  # tab completion's trailing slash is accepted
+    assert shown.returncode == 0, shown.stderr
+    for task, facts in summary["tasks"].items():
+        line = next(x for x in shown.stdout.splitlines() if x.startswith(f"task     {task}:"))
+        found = re.search(r"test acc (\d\.\d{3}) \+-(\d\.\d{3}) \(n=(\d+)\)", line)
+        assert found, line
+        p, half, n = float(found[1]), float(found[2]), int(found[3])
+        assert n == facts["n_test"] and p == pytest.approx(facts["test_accuracy"], abs=5e-4)
+        assert half == pytest.approx(1.96 * math.sqrt(p * (1 - p) / n), abs=1e-3)
+        assert ("a small test set" in line) == (n < 100)
+    listed = next(x for x in run_cli("runs", runs_dir=runs).stdout.splitlines() if x.startswith(run_id))
+    assert listed.count("(n=") == len(summary["tasks"]) and "+-" in listed
+
+
+def test_a_path_for_a_run_id_gets_the_folder_name_as_a_hint(tmp_path):
+    result = run_cli("show", "runs/abc-1/", runs_dir=tmp_path)
+    assert result.returncode == 2 and "not valid" in result.stderr
+    assert "the folder's name alone: 'abc-1'" in result.stderr
+
+
+def test_separate_report_names_a_sweep_that_does_not_exist(tmp_path):
+    result = run_cli("separate-report", "nosuch", runs_dir=tmp_path)
+    assert result.returncode == 2 and "no sweep 'nosuch'" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("bad_id", ["../etc", "a/b", "..", "/tmp/x", ""])

@@ -139,6 +139,22 @@ def test_study_run_on_the_lite_scale_keeps_the_options_given(tmp_path):
     base = studies.load_study(RunStore(runs), done.stdout.strip().splitlines()[-1]).base_config
     assert base["max_length"] == 32 and base["max_test_examples"] == 200, "given on purpose: kept"
     assert base["max_eval_examples"] == 100 and base["eval_every_steps"] == 10, "not given: the scale's"
+    assert "scale lite: 300 training examples per task" in done.stderr
+    assert "kept your own max_length, max_test_examples" in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--max-train-examples", "--task-b-max-train-examples"])
+def test_study_run_refuses_a_training_size_the_scale_would_overwrite(tmp_path, option):
+    from core.store import RunStore
+    from tests.conftest import run_cli
+
+    runs = tmp_path / "runs"
+    done = run_cli(
+        "study", "run", "--questions", "speed", "--scale", "lite", option, "60", "--no-runner", runs_dir=runs
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{option} would have no effect" in done.stderr and "lite 300" in done.stderr
+    assert RunStore(runs).study_ids() == [], "nothing created"
 
 
 def test_a_config_file_counts_as_given_including_an_older_files_test_cap(tmp_path):
