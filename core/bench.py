@@ -157,6 +157,16 @@ def bench_training(quick: bool) -> list[str]:
             max_length=max_length,
             backbone_learning_rate=5e-5,
         )
+        from core import cpu_dropout
+
+        cpu_dropout.ENABLED = False  # the same run with torch's nn.Dropout: what the 16-bit masks save
+        try:
+            torch_dropout, _ = _freezelab_run(
+                store, strategy="full_finetune", tasks=single, epochs=1, batch_size=32, max_length=max_length,
+                backbone_learning_rate=5e-5,
+            )  # fmt: skip
+        finally:
+            cpu_dropout.ENABLED = True
         hf_seconds, hf_tokens, _ = _trainer_run(n_train, 1, max_length, freeze_backbone=False)
         grouped_seconds, grouped_tokens, _ = _trainer_run(n_train, 1, max_length, False, group_by_length=True)
         ours_tps, hf_tps = ours.tokens_per_second, hf_tokens / hf_seconds
@@ -176,6 +186,10 @@ def bench_training(quick: bool) -> list[str]:
             f"ratio {ours_tps / hf_tps:.2f}x (target >= 1.3x)",
             f"   transformers.Trainer with length grouping ({option}) {grouped_tps:,.0f} real tokens/s; "
             f"FreezeLab ratio {ours_tps / grouped_tps:.2f}x",
+            f"   FreezeLab with torch's nn.Dropout instead of its CPU dropout (core/cpu_dropout.py) "
+            f"{torch_dropout.tokens_per_second:,.0f} real tokens/s: CPU dropout "
+            f"{ours_tps / torch_dropout.tokens_per_second:.2f}x"
+            + ("" if ours.device == "cpu" else " (trained on a GPU: CPU dropout not used)"),
             f"   matmul {gflops:.0f} GFLOP/s -> ceiling {ceiling:,.0f} tokens/s at {seq:.1f} tokens/sentence; "
             f"FreezeLab at {100 * ours_tps / ceiling:.0f}% of it (target >= 70%, the issue's)",
             f"   the same matmuls at this run's shapes ({round(32 * seq)} tokens a batch): {shaped:.0f} GFLOP/s = "

@@ -39,18 +39,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.errors import CheckpointError, StorageError
+from core.files import read_json, safetensors_header, storage_error, write_json_atomic
 from core.model import MultiTaskModel
-from core.store import (
-    CHECKPOINT_MANIFEST,
-    TOKENIZER_DIR,
-    TRAIN_STATE_FILE,
-    UNIT_FILE_RE,
-    WEIGHTS_FILE,
-    read_json,
-    safetensors_header,
-    storage_error,
-    write_json_atomic,
-)
+from core.store import CHECKPOINT_MANIFEST, TOKENIZER_DIR, TRAIN_STATE_FILE, UNIT_FILE_RE, WEIGHTS_FILE
 
 FORMAT_VERSION = 1
 LEGACY_TRAIN_TENSORS_FILE = "train_state.safetensors"  # before resume units named their files

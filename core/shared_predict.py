@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.files import safetensors_header
 from core.lean import attention_mask_for, stacked_mask
 from core.model import pool
 from core.predict import FrozenClaim, Predictor, SharedPrefix, checked_texts
-from core.store import WEIGHTS_FILE, RunStore, safetensors_header
+from core.store import WEIGHTS_FILE, RunStore
 
 SHARING_STRATEGIES = ("frozen_backbone", "frozen_all", "freeze_lower", "freeze_embeddings")
 RIDING_STRATEGIES = ("lora",)  # pretrained weights plus adapters: rides with the frozen stream

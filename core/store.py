@@ -20,7 +20,8 @@ core/records.py. Readers tolerate missing files and a partial last metrics line:
 or one whose folder was deleted, never breaks a listing; a file with the wrong shape (a checkpoint file
 included) marks its run *damaged* with the reason instead of raising. A run folder is always a real
 directory directly under the runs folder: ids with paths, and symbolic links, are refused. A write that
-fails (disk full, read-only folder) raises StorageError naming the file, never a bare OSError.
+fails (disk full, read-only folder) raises StorageError naming the file, never a bare OSError. Those file-level
+rules (atomic writes, tolerant and strict JSON reads, safetensors checks) live in core/files.py.
 """
 
 from __future__ import annotations
@@ -33,14 +34,23 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig
-from core.errors import ConfigError, InvalidRunId, JobError, RunNotFound, StorageError, TransitionError
+from core.errors import ConfigError, InvalidRunId, JobError, RunNotFound, TransitionError
+from core.files import (
+    MISSING,
+    file_version,
+    read_json,
+    read_json_or_problem,
+    read_json_strict,
+    safetensors_header,
+    storage_error,
+    write_json_atomic,
+)
 from core.records import Progress, RecordError, RunMeta, RunState, RunStatus, RunSummary, can_transition
 
 __all__ = ["RunRecord", "RunStore", "default_runs_dir", "validate_run_id"]
@@ -85,133 +95,11 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def storage_error(path: Path, exc: OSError) -> StorageError:
-    """The one message for a write that failed: which file, why, and what to do."""
-    why = exc.strerror or str(exc) or type(exc).__name__
-    return StorageError(
-        f"could not write {path} ({why}): free some disk space or make the folder writable, then try again "
-        "(a run that stopped on this can be resumed)."
-    )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, StorageError):
-            raise
-        raise storage_error(path, exc) from None
-    except BaseException:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# -- safetensors files, checked without loading them ----------------------------------------------------------
-MAX_SAFETENSORS_HEADER = 100_000_000
-_HEADER_CACHE: dict[tuple, tuple[dict | None, str | None]] = {}
-
-
-def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
-    """(header, None) for a whole safetensors file, or (None, the reason it is not one: missing, truncated...).
-
-    A safetensors file is an 8-byte header length, a JSON header with each tensor's byte range, then the
-    data: the file must end exactly where the last tensor does. Reads the header only; cached per version."""
-    try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-            if key in _HEADER_CACHE:
-                return _HEADER_CACHE[key]
-            result = _parse_safetensors_header(fh, st.st_size, path.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return None, f"{path.name} is missing"
-    except OSError as exc:
-        return None, f"{path.name} cannot be read ({exc.strerror or exc})"
-    if len(_HEADER_CACHE) > 4096:
-        _HEADER_CACHE.clear()
-    _HEADER_CACHE[key] = result
-    return result
-
-
 _PROBLEM_CACHE: dict[Path, tuple[tuple, str | None]] = {}
 _CONFIG_CACHE: dict[tuple, str | None] = {}
 
 
-def _version(path: Path) -> tuple | None:
-    """What changes when a file is written or replaced (None: it does not exist)."""
-    try:
-        st = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _parse_safetensors_header(fh, size: int, name: str) -> tuple[dict | None, str | None]:
-    if size < 8:
-        return None, f"{name} is truncated ({size} bytes)"
-    length = int.from_bytes(fh.read(8), "little")
-    if length > min(size - 8, MAX_SAFETENSORS_HEADER):
-        return None, f"{name} is truncated or not a safetensors file (its header claims {length:,} bytes)"
-    try:
-        header = json.loads(fh.read(length).decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("not an object")
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (ValueError, KeyError, TypeError, IndexError):
-        return None, f"{name} is not a safetensors file (its header does not parse)"
-    expected = 8 + length + max(ends, default=0)
-    if size != expected:
-        return None, f"{name} is truncated ({size:,} of {expected:,} bytes)" if size < expected else (
-            f"{name} has {size - expected:,} bytes more than its tensors"
-        )
-    return header, None
-
-
-_MISSING = object()
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-        return default
-
-
 UNIT_FILE_RE = re.compile(r"[A-Za-z0-9_.-]+\.safetensors")  # files a train_state.json may name: plain names
-
-
-def _read_json_or_problem(path: Path) -> Any:
-    """The JSON object in ``path``, ``_MISSING``, or a string saying what is wrong with it."""
-    try:
-        data = _read_json_strict(path)
-    except RecordError as exc:
-        return str(exc).removeprefix(f"{path.name} ")
-    if data is _MISSING or isinstance(data, dict):
-        return data
-    return f"holds {type(data).__name__}, not a JSON object"
-
-
-def _read_json_strict(path: Path) -> Any:
-    """The JSON in ``path``; ``_MISSING`` if there is no file; RecordError if it does not parse."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        return _MISSING
-    except UnicodeDecodeError:
-        raise RecordError(f"{path.name} is not UTF-8 text") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
 @functools.cache
@@ -333,7 +221,7 @@ class RunStore:
         folder changed since the last look (listings of 1,000 runs ask for every run; every file of a checkpoint
         is written by a rename, which changes the folder). The loaders check again, fully, when they load."""
         ckpt = self.checkpoint_dir(run_id)
-        key = _version(ckpt)
+        key = file_version(ckpt)
         if _PROBLEM_CACHE.get(ckpt) is not None and _PROBLEM_CACHE[ckpt][0] == key:
             return _PROBLEM_CACHE[ckpt][1]
         problem = self._checkpoint_problem(ckpt)
@@ -343,14 +231,14 @@ class RunStore:
         return problem
 
     def _checkpoint_problem(self, ckpt: Path) -> str | None:
-        manifest = _read_json_or_problem(ckpt / CHECKPOINT_MANIFEST)
-        if manifest is _MISSING:
+        manifest = read_json_or_problem(ckpt / CHECKPOINT_MANIFEST)
+        if manifest is MISSING:
             return None
         problems = [] if isinstance(manifest, dict) else [f"{CHECKPOINT_MANIFEST} {manifest}"]
         problems.append(safetensors_header(ckpt / WEIGHTS_FILE)[1])
         if not (ckpt / TOKENIZER_DIR).is_dir():
             problems.append(f"{TOKENIZER_DIR}/ is missing")
-        state = _read_json_or_problem(ckpt / TRAIN_STATE_FILE)
+        state = read_json_or_problem(ckpt / TRAIN_STATE_FILE)
         if isinstance(state, dict):
             files = [state.get(k) for k in ("weights_file", "tensors_file")] if "tensors_file" in state else []
             for name in files:
@@ -362,7 +250,7 @@ class RunStore:
                 if problem is None and step != str(state.get("step")):
                     problem = f"{TRAIN_STATE_FILE} is for step {state.get('step')} but {name} holds step {step}"
                 problems.append(problem)
-        elif state is not _MISSING:
+        elif state is not MISSING:
             problems.append(f"{TRAIN_STATE_FILE} {state}")
         found = [f"checkpoint/{p}" for p in problems if p]
         return "; ".join(found) or None
@@ -424,8 +312,8 @@ class RunStore:
     # -- status -----------------------------------------------------------------------------------
     def read_status(self, run_id: str) -> RunStatus:
         """The run's status; a missing or damaged status.json reads as RecordError."""
-        data = _read_json_strict(self.path(run_id) / STATUS_FILE)
-        if data is _MISSING:
+        data = read_json_strict(self.path(run_id) / STATUS_FILE)
+        if data is MISSING:
             raise RecordError("status.json is missing")
         return RunStatus.from_dict(data)
 
@@ -512,15 +400,15 @@ class RunStore:
 
     # -- summary / meta ---------------------------------------------------------------------------
     def read_summary(self, run_id: str) -> RunSummary | None:
-        data = _read_json_strict(self.path(run_id) / SUMMARY_FILE)
-        return None if data is _MISSING or data is None else RunSummary.from_dict(data)
+        data = read_json_strict(self.path(run_id) / SUMMARY_FILE)
+        return None if data is MISSING or data is None else RunSummary.from_dict(data)
 
     def write_summary(self, run_id: str, summary: RunSummary) -> None:
         write_json_atomic(self.existing_path(run_id) / SUMMARY_FILE, summary.to_dict())
 
     def read_meta(self, run_id: str) -> RunMeta:
-        data = _read_json_strict(self.path(run_id) / META_FILE)
-        return RunMeta() if data is _MISSING or data is None else RunMeta.from_dict(data)
+        data = read_json_strict(self.path(run_id) / META_FILE)
+        return RunMeta() if data is MISSING or data is None else RunMeta.from_dict(data)
 
     def update_meta(self, run_id: str, tags: list[str] | None = None, notes: str | None = None) -> RunMeta:
         """Change tags and notes; they live in their own file, so no training write can undo them."""
@@ -609,7 +497,7 @@ class RunStore:
         config = read_json(path / CONFIG_FILE)
         if isinstance(config, dict):
             record.config = config
-            key = (path / CONFIG_FILE, _version(path / CONFIG_FILE))  # config.json is written once: check it once
+            key = (path / CONFIG_FILE, file_version(path / CONFIG_FILE))  # config.json is written once: check it once
             if key not in _CONFIG_CACHE:
                 if len(_CONFIG_CACHE) > 4096:
                     _CONFIG_CACHE.clear()

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from core import checkpoint as ckpt
+from core import cpu_dropout
 from core.augment import EmbeddingNeighbours, augment_train
 from core.backbones import load_backbone, load_tokenizer
 from core.batching import Encoded, Schedule, collate, encode
 from core.config import EVALS_PER_RUN, RunConfig, check_against_backbone
-from core.cpu_dropout import use_fast_dropout
 from core.data import TaskData, load_task_data
 from core.errors import ConfigError, user_message
 from core.evaluate import full_scores, predict_logits, score
@@ -175,8 +175,8 @@ class Trainer:
         # Where it trains: the device, cached frozen layers, the optimizer.
         self.model.to(self.device)
         self.loss.to(self.device)
-        if self.device.type == "cpu":  # dropout masks from 16 random bits: 6% off a MiniLM-L6 step (cpu_dropout.py)
-            log.info("CPU dropout: %s", use_fast_dropout(self.model))
+        if self.device.type == "cpu" and cpu_dropout.ENABLED:  # masks from 16 random bits (core/cpu_dropout.py)
+            log.info("CPU dropout: %s", cpu_dropout.use_fast_dropout(self.model))
         encoded = {t: ts.splits() for t, ts in self.tasks.items()}
         reusable = not cfg.init_from and not self.staged and not self.lora
         self.features = FrozenFeatures(

@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 
 from core.errors import DataError
-from core.store import storage_error
+from core.files import storage_error
 
 UPLOADS_DIR = "uploads"
 MAX_NAME_CHARS = 60

@@ -22,9 +22,10 @@ from core import jobs
 from core.checkpoint import load_model
 from core.config import RunConfig
 from core.features import FrozenFeatures
+from core.files import write_json_atomic
 from core.records import Progress, RunState, RunSummary, TaskSummary
 from core.runtime import run_logger
-from core.store import RunStore, write_json_atomic
+from core.store import RunStore
 from core.strategies import STRATEGIES
 from core.train import Trainer, train_run
 from tests.conftest import run_cli, tiny_config

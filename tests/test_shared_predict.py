@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 import core.predict
 import core.shared_predict
 from core.config import TaskConfig
+from core.files import write_json_atomic
 from core.lean import LeanLayer
 from core.predict import Predictor
 from core.records import RunState
@@ -27,7 +28,7 @@ from core.shared_predict import (
     predict_side_by_side,
     side_by_side_probabilities,
 )
-from core.store import RunStore, write_json_atomic
+from core.store import RunStore
 from core.train import train_run
 from tests.conftest import tiny_config
 from tests.dashboard_fixtures import app, no_problem, one
