@@ -43,6 +43,8 @@ MAX_DEFAULT_RUNS = 16
 LIVE_REFRESH_SECONDS = 3
 SMOOTH_MIN_POINTS = 20  # below this many points a smoothed curve is mostly the smoothing
 MIN_ACCURACY_SPAN = 0.10  # an accuracy axis spans at least 10 points: a 1-point gap must not look like a cliff
+GONE = "cmp_gone"  # names of chosen runs deleted from disk since the page last drew them
+NAMES = "cmp_names"  # the chosen runs' names, to name one after it is deleted
 WALL_HELP = (
     "Wall time: the whole run, from its start to its end (loading data, caching frozen layers, training, "
     "evaluating). Training time: training steps only."
@@ -57,6 +59,7 @@ def unique_names(names: dict[str, str]) -> dict[str, str]:
 
 def choose_runs_ui(df: pd.DataFrame) -> list[str]:
     """Filters and the run selection; all of it lives in the URL, so a view can be shared as a link."""
+    stored = set(df["id"])
     c1, c2, c3 = st.columns(3)
     sweeps = [ALL_RUNS, *sorted(df["sweep"].dropna().unique(), reverse=True)]
     from_url("cmp_sweep", "sweep", sweeps[min(1, len(sweeps) - 1)], clean=lambda v: v if v in sweeps else None)
@@ -77,9 +80,14 @@ def choose_runs_ui(df: pd.DataFrame) -> list[str]:
     ids, names = df["id"].tolist(), unique_names(dict(zip(df["id"], df["name"])))
     default = ids[:MAX_DEFAULT_RUNS]
     # Other filters pick their runs afresh; the same filters keep the user's (or the shared link's) choice.
+    # Runs deleted from disk only leave the choice: the rest of it stays.
     signature = "|".join(ids)
-    if st.session_state.get("cmp_filtered", signature) != signature:
-        st.session_state["cmp_runs"] = default
+    before = st.session_state.get("cmp_filtered", signature)
+    if before != signature:
+        removed = set(before.split("|")) - set(ids)
+        only_deleted = set(ids) <= set(before.split("|")) and not removed & stored
+        kept = [r for r in st.session_state.get("cmp_runs") or [] if r in ids]
+        st.session_state["cmp_runs"] = kept if only_deleted and "cmp_runs" in st.session_state else default
     st.session_state["cmp_filtered"] = signature
     from_url("cmp_runs", "runs", default, parse=split_list, clean=lambda v: [i for i in v if i in names])
     chosen = st.multiselect(f"Runs ({len(df)} match)", ids, key="cmp_runs", format_func=lambda i: names.get(i, i))
@@ -550,8 +558,18 @@ def separate_ui(run_ids: list[str], records: dict) -> None:
 
 
 # -- the view: refreshed while a chosen run is live ---------------------------------------------------
+def note_deleted(run_ids: list[str]) -> None:
+    """Remember the names of chosen runs that are gone, for the notice at the top of the page."""
+    names = st.session_state.get(NAMES, {})
+    st.session_state[GONE] = list(dict.fromkeys([*st.session_state.get(GONE, []), *(names.get(r, r) for r in run_ids)]))
+
+
 def compare_view(run_ids: list[str], records: dict, refreshing: bool) -> None:
     store = get_store()
+    gone = [r for r in run_ids if not store.exists(r)]
+    if gone:  # deleted while the page was open (this fragment still holds the old records): redraw without them
+        note_deleted(gone)
+        st.rerun(scope="app")
     live = [r for r in run_ids if records[r].state.live]
     if live:  # what may have changed since the page read it: only the live runs
         records = {**records, **{r: store.record(r) for r in live if store.exists(r)}}
@@ -588,10 +606,16 @@ def page() -> None:
     st.title("Compare runs")
     store = get_store()
     records = {r.id: r for r in store.list_runs()}
+    gone = [r for r in st.session_state.get("cmp_runs") or [] if r not in records]
+    if gone:
+        note_deleted(gone)
+    for name in st.session_state.pop(GONE, []):
+        st.warning(f"Run {name} was deleted; removed from the comparison.")
     if not records:
         st.info("Nothing to compare yet. Launch a sweep of strategies on **Launch**; its runs appear here.")
         return
     run_ids = choose_runs_ui(runs_table(list(records.values())))
+    st.session_state[NAMES] = {r: records[r].config.get("name") or r for r in run_ids}
     if not run_ids:
         st.info("Choose runs above (filters narrow the list).")
         return

@@ -20,6 +20,7 @@ from core.study_values import points_text
 from pages.common import fmt_seconds, from_url, get_store, guarded
 
 REFRESH_SECONDS = 5
+KEEP = "session"  # the new study's settings survive a visit to another page
 STATUS_STYLE = {"better": ("🟢", "success"), "worse": ("🔴", "error"), "equivalent": ("🔵", "info"),
                 "unsettled": ("⚪", "warning")}  # fmt: skip
 
@@ -39,14 +40,17 @@ def new_study_ui(store) -> None:
     designs = studies.builtin_designs(studies.SCALES["quick"])
     titles = {d: f"{designs[d].question} ({d})" for d in studies.QUESTIONS}
     chosen = st.multiselect("Questions", list(studies.QUESTIONS), default=["speed"], format_func=titles.get,
-                            key="study_questions", help="Each question is a designed experiment (see its cells below).")  # fmt: skip
+                            key="study_questions", persist_state=KEEP,
+                            help="Each question is a designed experiment (see its cells below).")  # fmt: skip
     c1, c2, c3, c4 = st.columns(4)
-    scale = c1.selectbox("Scale", list(studies.SCALES), key="study_scale",
+    scale = c1.selectbox("Scale", list(studies.SCALES), key="study_scale", persist_state=KEEP,
                          format_func=lambda s: f"{s}: {studies.SCALES[s].train_examples:,} examples per task")  # fmt: skip
-    seeds_text = c2.text_input("Seeds", "0,1,2", key="study_seeds", help="3 or more seeds give intervals.")
+    seeds_text = c2.text_input(
+        "Seeds", "0,1,2", key="study_seeds", persist_state=KEEP, help="3 or more seeds give intervals."
+    )
     points = c3.number_input("Practical difference (points)", 0.1, 20.0, 1.0, 0.5, key="study_threshold",
-                             help="A difference smaller than this counts as no difference in practice.")  # fmt: skip
-    backbone = c4.text_input("Backbone", "minilm-l6", key="study_backbone")
+                             persist_state=KEEP, help="A difference smaller than this counts as no difference in practice.")  # fmt: skip
+    backbone = c4.text_input("Backbone", "minilm-l6", key="study_backbone", persist_state=KEEP)
     try:
         seeds = _seeds(seeds_text)
         # The command line's base: a study launched here and one run by `study run` reuse each other's runs.

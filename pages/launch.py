@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import jobs
-from core.backbones import BUILTIN_BACKBONES
+from core.backbones import BUILTIN_BACKBONES, load_backbone_config
 from core.config import (
     Augment,
     ClassWeighting,
@@ -27,8 +27,8 @@ from core.config import (
     choices,
     parse_class_ratio,
 )
-from core.data import BUILTIN_DATASETS, load_task_data, preview_file, read_table
-from core.errors import ConfigError, DataError
+from core.data import BUILTIN_DATASETS, class_warning, load_task_data, preview_file, read_table
+from core.errors import ConfigError, DataError, FreezeLabError
 from core.strategies import STRATEGIES, plan
 from pages.common import fmt_params, get_store, guarded, stored_upload
 
@@ -37,6 +37,18 @@ OTHER = "Other: a model folder or hub id"
 KEEP = "session"  # widget values survive a visit to another page
 MIN_SPLIT = 5  # fewer validation or test examples than this measure nothing: Launch is refused
 SMALL_SPLIT = 100  # fewer than this: one sentence moves accuracy by a point or more, so warn
+MIN_ROWS_PER_CLASS = 2  # fewer on average: most classes cannot be in both training and test, so Launch is refused
+# Learning rates: "+" moves by a step the size of the typical low end (not Streamlit's 0.01), and "%g" shows the
+# value exactly as it is stored (sprintf.js prints the number itself), where "%.0e" showed 1.5e-4 as 2e-04.
+HEAD_LR = {"step": 1e-3, "format": "%g"}
+BODY_LR = {"step": 1e-5, "format": "%g"}
+DEFAULT_DEPTH = 12  # the k slider's end when the backbone's depth cannot be read (its error says why)
+# The field that caps each split: a split its cap keeps small grows by raising that field.
+CAP_FIELDS = {
+    "train": "Training examples",
+    "validation": "Validation sentences per task",
+    "test": "Test sentences per task",
+}
 SWEEP_DEFAULT = ["frozen_backbone", "freeze_lower", "full_finetune"]
 # Config fields as the page names them: errors speak of what the user sees, never of tasks[1].name.
 FIELD_LABELS = {
@@ -143,9 +155,33 @@ def cached_plan(config_json: str, num_labels: tuple) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def label_count(path: str, column: str, mtime: float) -> int:
-    """Distinct labels of an uploaded file's column (cached: Streamlit reruns the page on every click)."""
-    return int(read_table(path)[column].nunique())
+def label_count(path: str, column: str, mtime: float) -> tuple[int, int, int]:
+    """(distinct values, classes, labelled rows) of an uploaded file's column; classes and rows count as
+    core.data.file_class_warning does (blank labels dropped). Cached: Streamlit reruns the page on every click."""
+    values = read_table(path)[column]
+    labels = values.dropna().astype(str).str.strip()
+    labels = labels[labels != ""]
+    return int(values.nunique()), int(labels.nunique()), len(labels)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def backbone_layers(spec: str) -> int | None:
+    """The backbone's transformer layer count from its config.json (no weights are loaded); None when the config
+    does not say. A BackboneError is raised, not cached: a folder fixed or a network back is seen at once."""
+    layers = getattr(load_backbone_config(spec), "num_hidden_layers", None)
+    return layers if isinstance(layers, int) else None
+
+
+def capital(text: str) -> str:
+    """A core message ('file a.csv is empty…') as the page writes a sentence: 'File a.csv is empty…'."""
+    return text[:1].upper() + text[1:]
+
+
+def own_name(message: str, stored: str, name: str) -> str:
+    """A message about an uploaded file, naming the file as the user uploaded it: no stored copy, no server path."""
+    if not stored or stored == name:
+        return message
+    return message.replace(stored, name).replace(Path(stored).name, name)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -201,34 +237,53 @@ def eval_caps() -> tuple[int | None, int | None]:
     return (int(max_eval) if max_eval else None), (int(max_test) if max_test else None)
 
 
+def grow_advice(small: list[str], sizes: dict, caps: dict[str, int | None], is_file: bool) -> str:
+    """How to grow the ``small`` splits: raise the cap the user set where that cap is what keeps the split small,
+    else add rows to the file (or, for built-in data, pick a larger dataset)."""
+    capped = [s for s in small if caps.get(s) is not None and sizes[s] >= caps[s]]
+    fixes = []
+    if capped:
+        where = " (under Training settings)" if set(capped) - {"train"} else ""
+        fixes.append("raise " + " and ".join(f"'{CAP_FIELDS[s]}' from {caps[s]:,}" for s in capped) + where)
+    if rest := [s for s in small if s not in capped]:
+        data = "add rows to the file" if is_file else "choose a larger dataset"
+        fixes.append(f"{data} (its {' and '.join(rest)} split{'s are' if len(rest) > 1 else ' is'} smaller)")
+    return ", and ".join(fixes)
+
+
 def data_check_ui(form: TaskForm, dataset: str, text: str, label: str, cap: int | None) -> None:
     """Split sizes before anything is queued: refuse data that cannot measure anything, warn about data that
     can barely measure (a 60-row file leaves 6 test sentences: each one is 16.7 accuracy points)."""
-    mtime = Path(dataset).stat().st_mtime if Path(dataset).is_file() else 0.0
+    is_file = Path(dataset).is_file()
+    mtime = Path(dataset).stat().st_mtime if is_file else 0.0
     # The evaluation caps are set further down the page (Training settings): their current values are in the
     # session already, so the sizes shown here are the ones the run will get.
     max_eval, max_test = eval_caps()
     sizes = split_sizes(dataset, text, label, cap, mtime, max_eval, max_test)
     if "error" in sizes:
-        st.error(
+        text = (
             user_words(sizes["error"])[1].replace("text_column", "Text column").replace("label_column", "Label column")
         )
+        st.error(capital(own_name(text, dataset, form.data_name)))
         form.ok = False
         return
     train, val, test = sizes["train"], sizes["validation"], sizes["test"]
     form.label_names, form.train_classes = sizes["labels"], sizes["train_classes"]
     st.caption(f"Split sizes: {train:,} train · {val:,} validation · {test:,} test")
+    caps = {"train": cap, "validation": max_eval, "test": max_test}
     if min(train, val, test) < MIN_SPLIT:
+        small = [s for s in ("train", "validation", "test") if sizes[s] < MIN_SPLIT]
         st.error(
             f"Only {train} train, {val} validation and {test} test examples: at least {MIN_SPLIT} of each are "
-            "needed to measure anything. Add rows to the file."
+            f"needed to measure anything. To fix it, {grow_advice(small, sizes, caps, is_file)}."
         )
         form.ok = False
     elif min(val, test) < SMALL_SPLIT:
+        small = [s for s in ("validation", "test") if sizes[s] < SMALL_SPLIT]
         st.warning(
             f"Only {val:,} validation and {test:,} test examples: each test sentence moves test accuracy by "
             f"{100 / test:.1f} points, so differences between runs will mostly be noise. Aim for about "
-            f"{SMALL_SPLIT} or more of each: add rows to the file."
+            f"{SMALL_SPLIT} or more of each: {grow_advice(small, sizes, caps, is_file)}."
         )
 
 
@@ -272,7 +327,12 @@ def task_ui(letter: str, default_name: str, default_dataset: str) -> TaskForm:
             args=(letter,),
         )
         if upload is not None:
-            st.session_state[f"kept_{letter}"] = (upload.name, stored_upload(upload))
+            try:
+                st.session_state[f"kept_{letter}"] = (upload.name, stored_upload(upload))
+            except FreezeLabError as exc:  # too large, or the runs folder cannot be written
+                st.error(capital(str(exc)))
+                form.ok = False
+                return form
         kept = st.session_state.get(f"kept_{letter}")
         if kept is None:
             st.info("Upload a file with a text column and a label column.")
@@ -281,7 +341,13 @@ def task_ui(letter: str, default_name: str, default_dataset: str) -> TaskForm:
         if upload is None:
             st.caption(f"Using {kept[0]}, uploaded earlier (upload another file to replace it).")
         dataset, form.data_name = kept[1], kept[0]
-        preview = cached_preview(dataset, Path(dataset).stat().st_mtime)
+        try:
+            preview = cached_preview(dataset, Path(dataset).stat().st_mtime)
+        except (FreezeLabError, OSError) as exc:  # unreadable file (or gone): say it here, keep the rest of the page
+            text = str(exc) if isinstance(exc, FreezeLabError) else f"file {kept[0]} could not be read ({exc})."
+            st.error(f"{capital(own_name(text, dataset, kept[0]))} Upload a fixed file to use it.")
+            form.ok = False
+            return form
         st.dataframe(preview["rows"], hide_index=True, width="stretch")
         cols = preview["columns"]
         text_col = st.selectbox("Text column", cols, key=f"tc_{letter}", persist_state=KEEP)
@@ -296,11 +362,22 @@ def task_ui(letter: str, default_name: str, default_dataset: str) -> TaskForm:
             )
             form.ok, check = False, False
         else:
-            n_labels = label_count(dataset, label_col, Path(dataset).stat().st_mtime)
+            n_labels, n_classes, n_labelled = label_count(dataset, label_col, Path(dataset).stat().st_mtime)
             st.caption(f"{preview['n_rows']:,} rows, {n_labels} label values in {label_col!r}")
             if n_labels < 2:
                 st.error(f"Label column {label_col!r} holds {n_labels} class: a classifier needs at least 2.")
                 form.ok, check = False, False
+            elif many := class_warning(f"file {kept[0]}", label_col, n_classes, n_labelled):
+                many = capital(many.replace("label_column", "Label column"))
+                if n_labelled < MIN_ROWS_PER_CLASS * n_classes:
+                    # Most classes have one row: it lands in training or in test, never both, so nothing is measured.
+                    st.error(
+                        f"{many} With fewer than {MIN_ROWS_PER_CLASS} rows per class, most classes cannot be both "
+                        "trained and tested: Launch is off until the file has more rows per class."
+                    )
+                    form.ok = False
+                else:
+                    st.warning(many)
     else:
         hub = st.text_input(
             "Hub dataset name", placeholder="e.g. ag_news (needs network)", key=f"hub_{letter}", persist_state=KEEP
@@ -366,8 +443,9 @@ def diagram(report: dict) -> go.Figure:
     return fig
 
 
-def model_ui(slots: dict) -> tuple[str, str, int | None, dict]:
-    """Backbone and strategy with the strategy's own settings; returns backbone, strategy, k and extra config."""
+def model_ui(slots: dict) -> tuple[str, str, int | None, dict, bool]:
+    """Backbone and strategy with the strategy's own settings; returns backbone, strategy, k, extra config and
+    whether the backbone could be read (when not, its error is under the Backbone field)."""
     options = list(BUILTIN_BACKBONES) + [OTHER]
     choice = st.selectbox(
         "Backbone",
@@ -385,7 +463,16 @@ def model_ui(slots: dict) -> tuple[str, str, int | None, dict]:
         if choice == OTHER
         else choice
     )
+    backbone = (backbone or "").strip()
     slots["backbone"] = st.empty()
+    depth, backbone_ok = None, True
+    if backbone:  # an empty one is refused by the config check, under this field too
+        try:
+            depth = backbone_layers(backbone)
+        except FreezeLabError as exc:
+            text = str(exc)
+            slots["backbone"].error(capital(text))
+            backbone_ok = False
     st.caption(
         BUILTIN_BACKBONES[choice].description
         if choice in BUILTIN_BACKBONES
@@ -402,16 +489,21 @@ def model_ui(slots: dict) -> tuple[str, str, int | None, dict]:
     st.info(STRATEGIES[strategy].when_to_use)
     freeze_layers, extra = None, {}
     if STRATEGIES[strategy].uses_freeze_layers:
+        top = max(depth or DEFAULT_DEPTH, 1)  # the slider ends at the backbone's own depth
+        kept = st.session_state.get("freeze_layers", min(3, top))
+        if "freeze_layers" not in st.session_state or kept > top:  # k chosen on a deeper backbone: its deepest
+            st.session_state["freeze_layers"] = min(kept, top)  # set here, not as value=: one source of truth
         freeze_layers = st.slider(
             "Freeze the bottom k transformer layers",
             0,
-            12,
-            3,
+            top,
             key="freeze_layers",
             persist_state=KEEP,
             help="The embeddings are frozen too. k=0 freezes the embeddings only.",
         )
         slots["freeze_layers"] = st.empty()
+        if kept > top:
+            slots["freeze_layers"].caption(f"k lowered from {kept} to {top}: {backbone} has {top} layers.")
     if STRATEGIES[strategy].staged:
         every = st.number_input(
             "Unfreeze one more layer every N steps (0 = every epoch)", 0, 100000, 0, key="unfreeze", persist_state=KEEP
@@ -424,7 +516,7 @@ def model_ui(slots: dict) -> tuple[str, str, int | None, dict]:
         slots["lora_r"] = r_col.empty()
         extra["lora_alpha"] = int(a_col.number_input("LoRA alpha", 1, 1024, 16, key="lora_alpha", persist_state=KEEP))
         slots["lora_alpha"] = a_col.empty()
-    return (backbone or "").strip(), strategy, freeze_layers, extra
+    return backbone, strategy, freeze_layers, extra, backbone_ok
 
 
 def settings_ui(slots: dict, extra: dict) -> dict:
@@ -441,12 +533,10 @@ def settings_ui(slots: dict, extra: dict) -> dict:
         "batch_size": int(field(c2, "batch_size", c2.number_input, "Batch size", 1, 1024, 32)),
         "max_length": int(field(c3, "max_length", c3.number_input, "Max tokens per sentence", 8, 512, 128)),
         "head_learning_rate": float(
-            field(c1, "head_learning_rate", c1.number_input, "Head learning rate", 0.0, 10.0, 3e-2, format="%.0e")
+            field(c1, "head_learning_rate", c1.number_input, "Head learning rate", 0.0, 10.0, 3e-2, **HEAD_LR)
         ),
         "backbone_learning_rate": float(
-            field(
-                c2, "backbone_learning_rate", c2.number_input, "Backbone learning rate", 0.0, 10.0, 5e-5, format="%.0e"
-            )
+            field(c2, "backbone_learning_rate", c2.number_input, "Backbone learning rate", 0.0, 10.0, 5e-5, **BODY_LR)
         ),
         "eval_every_steps": int(
             field(
@@ -639,13 +729,24 @@ def imbalance_ui(slots: dict, forms: list[TaskForm]) -> dict:
     return values | {"curriculum_target_choice": target}
 
 
-def what_trains_ui(cfg: RunConfig, forms: list[TaskForm]) -> dict | None:
+def what_trains_ui(cfg: RunConfig | None, forms: list[TaskForm], slots: dict) -> dict | None:
+    """The parameter counts and the layer diagram; None when there is no valid config or no plan for it (the
+    plan's error is then written under the field it concerns: the k slider, or the Backbone)."""
     st.subheader("What trains")
-    if cfg is None:
+    report = None
+    if cfg is not None:
+        labels = tuple(sorted({f.config.name: f.n_labels for f in forms if f.config is not None}.items()))
+        try:
+            report = cached_plan(json.dumps(cfg.to_dict()), labels)
+        except FreezeLabError as exc:
+            field, text = user_words(str(exc))
+            if str(exc).startswith("freeze_layers="):
+                field, text = "freeze_layers", text.replace("freeze_layers=", "Frozen bottom layers k = ", 1)
+            slot = slots.get(field) or slots["backbone"]
+            slot.error(capital(text))
+    if report is None:
         st.caption("The parameter counts appear once the settings marked in red are fixed.")
         return None
-    labels = tuple(sorted({f.config.name: f.n_labels for f in forms if f.config is not None}.items()))
-    report = cached_plan(json.dumps(cfg.to_dict()), labels)
     m1, m2 = st.columns(2)
     m1.metric("Trainable parameters", fmt_params(report["trainable_params"]))
     m2.metric(
@@ -745,7 +846,7 @@ def page() -> None:
     extra: dict = {}
     left, right = st.columns([3, 2], gap="large")
     with left:
-        backbone, strategy, freeze_layers, extra = model_ui(slots)
+        backbone, strategy, freeze_layers, extra, backbone_ok = model_ui(slots)
         a_col, b_col = st.columns(2)
         with a_col:
             form_a = task_ui("A", "topic", "bbc_topics")
@@ -785,14 +886,16 @@ def page() -> None:
         candidate = RunConfig(
             strategy=strategy, freeze_layers=freeze_layers, backbone=backbone, tasks=check_tasks, **values, **extra
         ).validate()
-        if tasks and seeds and all(f.ok for f in (form_a, form_b)):
+        if tasks and seeds and backbone_ok and all(f.ok for f in (form_a, form_b)):
             cfg = dataclasses.replace(candidate, tasks=tasks)
     except ConfigError as exc:
         field, text = user_words(str(exc))
         if tasks and not (field or "").endswith(".name"):
             (slots.get(field) or general).error(text)
     with right:
-        report = what_trains_ui(cfg, forms)
+        report = what_trains_ui(cfg, forms, slots)
+    if report is None:  # no plan: nothing to launch until the field marked in red is fixed
+        cfg = None
     st.divider()
     c1, c2 = st.columns(2)
     with c1:

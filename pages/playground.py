@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -17,6 +18,8 @@ from pages.common import get_store, guarded, stored_upload
 
 MAX_CSV_ROWS = 5000
 MAX_SHOWN_CHARS = 200
+MAX_DETAILED = 20  # sentences shown one by one (with their probability charts); a table holds them all
+TEXT_COLUMN_NAMES = ("text", "sentence", "review", "content", "body", "comment", "document")
 KEEP = "session"  # choices survive a visit to another page
 
 
@@ -66,6 +69,7 @@ def side_by_side(chosen: dict[str, bool], sentences: list[str]) -> dict[str, dic
     root, cache = str(store.root), computed_predictions()
     keys = {r: (root, r, store.checkpoint_mtime(r) or 0.0, int8, tuple(sentences)) for r, int8 in chosen.items()}
     out: dict[str, dict | Exception | None] = {r: cache.get(key) for r, key in keys.items()}
+    out = {r: None if found is None else {**found, "reused": True} for r, found in out.items()}
     loaded: dict[str, Predictor] = {}
     for run_id in [r for r, found in out.items() if found is None]:
         try:
@@ -143,6 +147,27 @@ def shown_text(text: str) -> str:
     return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1].rstrip() + "…"
 
 
+def timing_text(n: int, out: dict) -> str:
+    """What the time counts (the model's computation, not drawing the page), and whether it was measured now."""
+    ms = f"{out['seconds'] * 1000:,.0f} ms"
+    if out.get("reused"):
+        return f"{n} sentence(s): predictions reused from an earlier computation (the model took {ms} then)"
+    return f"{n} sentence(s): model computation {ms} (drawing the page not included)"
+
+
+def probability_table(out: dict) -> pd.DataFrame:
+    """Every sentence's label and probabilities for each task, one row per sentence."""
+    rows = []
+    for r in out["results"]:
+        row = {"sentence": r["text"]}
+        for task, pred in r["tasks"].items():
+            row[task] = pred["label"]
+            row.update({f"{task}: {label}": p for label, p in pred["probabilities"].items()})
+        row["truncated"] = bool(r.get("truncated"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def run_column(
     run_id: str, name: str, sentences: list[str], out: dict | Exception, note: str | None, show_probabilities: bool
 ) -> None:
@@ -151,12 +176,19 @@ def run_column(
     if isinstance(out, Exception):
         st.error(f"{run_id}: {user_message(out)}")
         return
-    st.caption(f"{len(sentences)} sentence(s) in {out['seconds'] * 1000:.0f} ms")
+    st.caption(timing_text(len(sentences), out))
     if out.get("shared"):
         st.caption(out["shared"])
     if note:
         st.caption(note)
-    for i, r in enumerate(out["results"]):
+    results = out["results"]
+    if len(results) > MAX_DETAILED:
+        what = "with probability charts" if show_probabilities else "one by one"
+        st.caption(
+            f"The first {MAX_DETAILED} of {len(results)} sentences are shown {what}; "
+            f"the table below holds all {len(results)}."
+        )
+    for i, r in enumerate(results[:MAX_DETAILED]):
         st.markdown(f"> {shown_text(r['text'])}")
         if r.get("truncated"):
             st.caption(
@@ -172,6 +204,26 @@ def run_column(
                     config={"displayModeBar": False},
                     key=f"{run_id}-{task}-{i}",
                 )
+    if len(results) > MAX_DETAILED:
+        st.dataframe(probability_table(out), hide_index=True, width="stretch", key=f"{run_id}-table")
+
+
+def text_column(df: pd.DataFrame) -> str:
+    """The most text-like column: one named like text, else the string column with the longest mean length."""
+    by_name = {str(c).strip().lower(): c for c in df.columns}
+    for name in TEXT_COLUMN_NAMES:
+        if name in by_name:
+            return by_name[name]
+    lengths = {c: df[c].dropna().astype(str).str.len().mean() for c in df.columns if not looks_numeric(df[c])}
+    lengths = {c: n for c, n in lengths.items() if n == n}  # an all-empty column has no mean
+    return max(lengths, key=lengths.get) if lengths else df.columns[0]
+
+
+def looks_numeric(column: pd.Series) -> bool:
+    """Whether nearly every non-empty value is a number (an id, a label): not sentences to classify."""
+    values = column.dropna().astype(str).str.strip()
+    values = values[values != ""]
+    return not values.empty and pd.to_numeric(values, errors="coerce").notna().mean() >= 0.9
 
 
 def file_ui(chosen: list[str], names: dict[str, str]) -> None:
@@ -180,8 +232,20 @@ def file_ui(chosen: list[str], names: dict[str, str]) -> None:
     if upload is None:
         return
     df = read_table(stored_upload(upload))
-    column = st.selectbox("Text column", list(df.columns))
+    if df.attrs.get("note"):
+        st.caption(df.attrs["note"])
+    columns = list(df.columns)
+    column = st.selectbox("Text column", columns, index=columns.index(text_column(df)))
+    if looks_numeric(df[column]):
+        st.warning(
+            f"Column {column!r} holds numbers, not sentences: the runs would classify the numbers as text. "
+            "Pick the column with the sentences."
+        )
     run_id = st.selectbox("Run", chosen, format_func=names.get)
+    limit = ""
+    if len(df) > MAX_CSV_ROWS:
+        limit = f"Only the first {MAX_CSV_ROWS:,} of {len(df):,} rows are predicted (and downloaded)."
+        st.warning(f"{limit} Split the file to predict the rest.")
     if st.button("Predict the column"):
         rows = df.head(MAX_CSV_ROWS).copy()
         texts = rows[column].fillna("").astype(str).str.strip()
@@ -192,8 +256,12 @@ def file_ui(chosen: list[str], names: dict[str, str]) -> None:
             rows.loc[keep, f"{task}_confidence"] = [max(p["tasks"][task]["probabilities"].values()) for p in preds]
         skipped = int((~keep).sum())
         st.dataframe(rows.head(50), width="stretch")
-        if skipped:
-            st.caption(f"{skipped} empty row(s) skipped.")
+        st.caption(
+            f"The download holds {len(rows):,} row(s), predictions from column {column!r}"
+            + (f"; {skipped} empty row(s) skipped" if skipped else "")
+            + (f". {limit}" if limit else ".")
+            + (" The table above shows the first 50." if len(rows) > 50 else "")
+        )
         st.download_button("Download predictions", rows.to_csv(index=False).encode(), "predictions.csv", "text/csv")
 
 

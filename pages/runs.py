@@ -26,14 +26,41 @@ from pages.common import (
 REFRESH_SECONDS = 2
 LIVE_STATES = [s.value for s in RunState if s.live]
 PICK = "runs_run"  # the chosen run's id: the picker's key, and ?run= in the URL
+KEEP = "session"  # filters survive a visit to another page
+ACTION_WORDS = {"cancel": "Cancelling", "resume": "Resuming", "delete": "Deleting", "meta": "Saving tags and notes"}
+
+
+def kept_choice(key: str, options: list) -> list:
+    """Drop from a filter's kept choice what the runs no longer offer (a state no run is in any more)."""
+    if key in st.session_state:
+        st.session_state[key] = [v for v in st.session_state[key] if v in options]
+    return options
 
 
 def filters_ui(df):
     c1, c2, c3, c4 = st.columns(4)
-    states = c1.multiselect("State", sorted(df["state"].unique()), placeholder="any state")
-    strategies = c2.multiselect("Strategy", sorted(df["strategy"].dropna().unique()), placeholder="any strategy")
-    sweeps = c3.multiselect("Sweep", sorted(df["sweep"].dropna().unique()), placeholder="any sweep")
-    tag = c4.text_input("Tag or name contains", placeholder="e.g. baseline")
+    states = c1.multiselect(
+        "State",
+        kept_choice("runs_states", sorted(df["state"].unique())),
+        placeholder="any state",
+        key="runs_states",
+        persist_state=KEEP,
+    )
+    strategies = c2.multiselect(
+        "Strategy",
+        kept_choice("runs_strategies", sorted(df["strategy"].dropna().unique())),
+        placeholder="any strategy",
+        key="runs_strategies",
+        persist_state=KEEP,
+    )
+    sweeps = c3.multiselect(
+        "Sweep",
+        kept_choice("runs_sweeps", sorted(df["sweep"].dropna().unique())),
+        placeholder="any sweep",
+        key="runs_sweeps",
+        persist_state=KEEP,
+    )
+    tag = c4.text_input("Tag or name contains", placeholder="e.g. baseline", key="runs_tag", persist_state=KEEP)
     mask = df["id"].notna()
     if states:
         mask &= df["state"].isin(states)
@@ -176,7 +203,7 @@ def _act(run_id: str, action: str) -> None:
             message = "Saved"
         st.session_state["runs_toast"] = message
     except Exception as exc:  # noqa: BLE001 - said next to the run, never dropped silently
-        st.session_state["runs_problem"] = f"{action.capitalize()} did not happen: {user_message(exc)}"
+        st.session_state["runs_problem"] = f"{ACTION_WORDS.get(action, action)} did not happen: {user_message(exc)}"
 
 
 def actions_ui(record: RunRecord) -> None:
