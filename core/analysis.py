@@ -7,7 +7,6 @@ support: per group of runs that differ only by seed, the mean test accuracy with
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -15,7 +14,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from core import stats
 from core.config import EVALS_PER_RUN, group_key_of
@@ -293,7 +291,6 @@ DECISION_COLUMNS = (
     "strategy id",
     "runs",
 )
-Z95 = float(scipy_stats.norm.ppf(0.975))
 
 
 def _per_seed(runs: list[RunRecord], value) -> dict[int, float]:
@@ -317,39 +314,64 @@ def _correct(store: RunStore, run: RunRecord, task: str) -> np.ndarray | None:
     return (np.asarray(labels) == np.asarray(predictions)).astype(float)
 
 
+def test_set_size(store: RunStore, runs: list[RunRecord], task: str) -> int | None:
+    """The fewest test examples any of the runs scored ``task`` on (summary n_test, else saved predictions)."""
+    sizes = []
+    for r in runs:
+        n = r.summary.tasks[task].n_test if task in r.summary.tasks else None
+        if not n:
+            correct = _correct(store, r, task)
+            n = len(correct) if correct is not None else None
+        if n:
+            sizes.append(int(n))
+    return min(sizes) if sizes else None
+
+
 def accuracy_interval(store: RunStore, runs: list[RunRecord], task: str) -> stats.Interval:
-    """Mean test accuracy of a group with a 95% interval: a t interval over seeds; with one seed, a bootstrap
-    over its test predictions, else the binomial standard error of an accuracy on its test set."""
+    """Mean test accuracy of a group with a 95% interval, never narrower than its test set resolves and inside
+    [0, 1]: with two or more seeds, a t interval over seeds widened to the binomial interval of the mean on the
+    test set (core.stats.accuracy_mean_interval: seeds share one test set, so seeds that agree exactly are not a
+    precise measurement); with one seed, a bootstrap over its test predictions (it covers test-set sampling;
+    all right or all wrong gives it zero width, and then the binomial interval stands in), else the binomial
+    interval."""
     per_seed = _per_seed(runs, lambda r: r.summary.test_accuracy(task))
-    if len(per_seed) >= 2:  # an accuracy lies in [0, 1]: with 2-3 seeds a t interval can reach past either end
-        t = stats.mean_interval(list(per_seed.values()))
-        return dataclasses.replace(t, low=max(0.0, t.low), high=min(1.0, t.high))
+    n = test_set_size(store, runs, task)
+    if len(per_seed) >= 2:
+        return stats.accuracy_mean_interval(list(per_seed.values()), n)
     run = runs[0]
     correct = _correct(store, run, task)
-    if correct is not None:
-        return stats.bootstrap_mean(correct)
     p = next(iter(per_seed.values()))
-    n = run.summary.tasks[task].n_test
+    if correct is not None:
+        boot = stats.bootstrap_mean(correct)
+        return boot if boot.low != boot.high else stats.binomial_interval(boot.estimate, len(correct))
     if not n:
         return stats.Interval(p, None, None, 1, "1 seed: no interval")
-    half = Z95 * stats.accuracy_standard_error(p, n)
-    return stats.Interval(p, max(0.0, p - half), min(1.0, p + half), 1, f"binomial standard error (n={n})")
+    return stats.binomial_interval(p, n)
 
 
 def compare_groups(
     store: RunStore, runs: list[RunRecord], reference: list[RunRecord], task: str, a: stats.Interval, b: stats.Interval
 ) -> stats.Comparison:
     """Accuracy of ``runs`` minus that of ``reference`` with a 95% interval: paired by seed when both share two or
-    more seeds; a paired bootstrap over the same test examples for one seed each; else the two intervals combined
-    as independent (sqrt of the summed squared half-widths)."""
+    more seeds; a paired bootstrap over the same test examples for one seed each; either widened to what the two
+    test sets resolve (core.stats.with_test_floor, the study rule); else the two intervals (each already at least
+    as wide as its test set resolves) combined as independent (sqrt of the summed squared half-widths)."""
     acc_a = _per_seed(runs, lambda r: r.summary.test_accuracy(task))
     acc_b = _per_seed(reference, lambda r: r.summary.test_accuracy(task))
-    if len(set(acc_a) & set(acc_b)) >= 2:
-        return stats.paired_difference(acc_a, acc_b)
+    n_a, n_b = test_set_size(store, runs, task), test_set_size(store, reference, task)
+
+    def floored(c: stats.Comparison) -> stats.Comparison:
+        return stats.with_test_floor(c, (a.estimate, n_a), (b.estimate, n_b)) if n_a and n_b else c
+
+    common = set(acc_a) & set(acc_b)
+    if len(common) >= 2:
+        c = stats.paired_difference(acc_a, acc_b)
+        pa, pb = (float(np.mean([acc[s] for s in common])) for acc in (acc_a, acc_b))
+        return stats.with_test_floor(c, (pa, n_a), (pb, n_b)) if n_a and n_b else c
     if len(runs) == len(reference) == 1:
         ca, cb = _correct(store, runs[0], task), _correct(store, reference[0], task)
         if ca is not None and cb is not None and len(ca) == len(cb):
-            return stats.bootstrap_accuracy_difference(ca, cb)
+            return floored(stats.bootstrap_accuracy_difference(ca, cb))
     diff = a.estimate - b.estimate
     if a.half_width is None or b.half_width is None:
         return stats.Comparison(diff, None, None, min(a.n, b.n), "no interval")
@@ -359,21 +381,22 @@ def compare_groups(
 
 def test_set_resolution(runs: list[RunRecord], task: str) -> float | None:
     """Half-width of the 95% binomial interval of the group's mean accuracy on its test set: how precisely that
-    many test sentences pin an accuracy, whatever the number of seeds (None when the size is unknown)."""
+    many test sentences pin an accuracy, whatever the number of seeds (None when the size is unknown). The same
+    formula (core.stats.test_set_half_width) that floors every accuracy interval here and in studies."""
     sizes = [r.summary.tasks[task].n_test for r in runs if r.summary.tasks[task].n_test]
     if not sizes:
         return None
     p = float(np.mean([r.summary.test_accuracy(task) for r in runs]))
-    return Z95 * stats.accuracy_standard_error(p, min(sizes))
+    return stats.test_set_half_width(p, min(sizes))
 
 
 def noise_flag(
     comparison: stats.Comparison, threshold: float = NOISE_THRESHOLD, resolution: float | None = None
 ) -> str:
     """Against the best group: "worse" only when the whole interval lies below -threshold and the difference is
-    larger than the test sets can resolve (``resolution``: the two binomial half-widths combined; seeds that
-    agree exactly give a zero-width interval over seeds, not a precise test); else "within noise" (the data
-    cannot rank the two); "no interval" without one."""
+    larger than the test sets can resolve (``resolution``: the two binomial half-widths combined; compare_groups
+    already widens its interval to that, so this is a second guard for comparisons built elsewhere); else
+    "within noise" (the data cannot rank the two); "no interval" without one."""
     if comparison.low is None or comparison.high is None:
         return "no interval"
     if comparison.high >= -threshold or (resolution is not None and -comparison.estimate <= resolution):
@@ -432,12 +455,10 @@ def decision_table(store: RunStore, records: list[RunRecord], threshold: float =
             }
             if key != best:
                 c = compare_groups(store, runs, groups[best], task, acc, intervals[best])
+                # The sentence says when the test sets, not the seeds, limit the interval (core.stats.floor_text).
                 why = stats.verdict(c, threshold, what=labels[key], against=labels[best]).sentence
-                seeded = c.method.startswith("paired t")  # the other comparisons already cover the test set
                 a, b = row["test set ±"], test_set_resolution(groups[best], task)
-                resolution = math.hypot(a, b) if seeded and a is not None and b is not None else None
-                if resolution is not None and -c.estimate <= resolution and c.high is not None and c.high < -threshold:
-                    why += f" But {abs(c.estimate) * 100:.1f} points is within what the test sets resolve (±{resolution * 100:.1f})."
+                resolution = math.hypot(a, b) if a is not None and b is not None else None
                 row.update({"vs best": c.estimate, "vs best low": c.low, "vs best high": c.high, "why": why})
                 row["verdict"] = noise_flag(c, threshold, resolution)
             rows.append(row)

@@ -441,14 +441,15 @@ def cmd_int8(args) -> None:
 
 
 Z95 = 1.96
-SMALL_TEST_SET = 100  # below this many test sentences an accuracy is good to about +-10 points or worse
+SMALL_TEST_SET = 100  # core.stats.SMALL_TEST_SET: fewer test sentences pin an accuracy to about +-10 points or worse
 
 
 def _acc_with_noise(accuracy: float, n: int | None, digits: int = 3) -> str:
     """An accuracy with the 95% half-width its test set allows (binomial), and the set's size."""
     if not n:
         return f"{accuracy:.{digits}f}"
-    half = Z95 * math.sqrt(accuracy * (1 - accuracy) / n)  # core.stats.accuracy_standard_error, without scipy
+    q = min(max(accuracy, 0.5 / n), 1 - 0.5 / n)  # core.stats.test_set_half_width, without importing scipy
+    half = Z95 * math.sqrt(q * (1 - q) / n)
     return f"{accuracy:.{digits}f} +-{half:.{digits}f} (n={n})"
 
 

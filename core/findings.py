@@ -27,6 +27,10 @@ The rules, in one place (how runs become values, time_to_val and drift included:
   bootstrap over the test examples with McNemar's test (``core.stats.bootstrap_accuracy_difference``), and the
   sentence says so; it covers test-set sampling, not seed-to-seed noise. Other one-seed comparisons have no
   interval and stay unsettled.
+* **Test-set floor**: every seed is scored on the same test sentences, so a test-accuracy interval (a cell's mean,
+  a difference, a share kept, one-seed bootstraps included) is widened to at least what the test sets resolve
+  (``core.stats.with_test_floor`` / ``accuracy_mean_interval``, the rule Compare uses) and kept inside [0, 1]; when
+  that floor alone keeps a comparison unsettled, the sentence says only a larger test set can settle it.
 * **Recommendation** per task (and group): among the cells whose test accuracy is not "worse" than the most
   accurate cell's, the one with the least mean train_seconds, then the fewest trainable parameters. "Worse" here
   is the plain interval verdict, without Holm: Holm protects claims that two cells differ, and would make the
@@ -209,6 +213,55 @@ def _bootstrap(store: RunStore, cell_run: str, ref_run: str, task: str) -> stats
     return stats.bootstrap_accuracy_difference(a[0], b[0])
 
 
+def _n_test(store: RunStore, records: dict[str, RunRecord], run_ids: list[str], task: str) -> int | None:
+    """The fewest test examples any of these runs scored ``task`` on (summary n_test, else its stored
+    predictions); None when no run says."""
+    sizes = []
+    for run_id in run_ids:
+        rec = records.get(run_id)
+        t = rec.summary.tasks.get(task) if rec is not None and rec.summary else None
+        n = t.n_test if t is not None else None
+        if not n:
+            got = _correct(store, run_id, task)
+            n = len(got[1]) if got is not None else None
+        if n:
+            sizes.append(int(n))
+    return min(sizes) if sizes else None
+
+
+def _accuracy_interval(
+    store: RunStore, records: dict[str, RunRecord], vals: dict[int, float], runs: dict[int, str], task: str | None
+) -> stats.Interval:
+    """A cell's mean test accuracy: t over seeds, never narrower than its test set resolves, inside [0, 1]."""
+    n = _n_test(store, records, [runs[s] for s in vals if s in runs], task) if task else None
+    return stats.accuracy_mean_interval([vals[s] for s in sorted(vals)], n)
+
+
+def _test_floor(
+    store: RunStore,
+    comp: stats.Comparison,
+    cell_vals: dict[int, float],
+    ref_vals: dict[int, float],
+    cell_runs: dict[int, str],
+    ref_runs: dict[int, str],
+    task: str | None,
+    records: dict[str, RunRecord],
+) -> stats.Comparison:
+    """An accuracy comparison (difference, or share kept as a ratio) widened to what the test sets resolve
+    (core.stats.with_test_floor), from the mean accuracies over the seeds both cells share; as is when no run
+    says how many test examples it had."""
+    common = sorted(set(cell_vals) & set(ref_vals))
+    if not task or not common:
+        return comp
+    n_cell = _n_test(store, records, [cell_runs[s] for s in common if s in cell_runs], task)
+    n_ref = _n_test(store, records, [ref_runs[s] for s in common if s in ref_runs], task)
+    if not n_cell or not n_ref:
+        return comp
+    p_cell = float(np.mean([cell_vals[s] for s in common]))
+    p_ref = float(np.mean([ref_vals[s] for s in common]))
+    return stats.with_test_floor(comp, (p_cell, n_cell), (p_ref, n_ref))
+
+
 def _oriented_ratio(spec: MetricSpec, cell: dict[int, float], ref: dict[int, float]) -> stats.Comparison | None:
     common = [s for s in set(cell) & set(ref) if cell[s] > 0 and ref[s] > 0]
     if not common:
@@ -299,7 +352,7 @@ def _seeds_for(c: stats.Comparison, spec: MetricSpec, threshold: float, confiden
         return None
     band = math.log1p(threshold) if c.scale == "ratio" else threshold
     sign = 1.0 if (c.scale == "ratio" or spec.higher_is_better) else -1.0
-    return stats.seeds_needed([sign * d for d in c.differences], band, confidence)
+    return stats.seeds_needed([sign * d for d in c.differences], band, confidence, floor=c.test_floor)
 
 
 def _compare(
@@ -327,9 +380,14 @@ def _compare(
         if cr and rr and same_start:
             boot = _bootstrap(store, cr, rr, task)
             if boot is not None:
+                if spec.base == "test_accuracy":
+                    boot = _test_floor(store, boot, cell_vals, ref_vals, cell_runs, ref_runs, task, records)
                 return boot, True
     if spec.scale == "difference":
-        return stats.paired_difference({s: cell_vals[s] for s in common}, {s: ref_vals[s] for s in common}), False
+        comp = stats.paired_difference({s: cell_vals[s] for s in common}, {s: ref_vals[s] for s in common})
+        if spec.base == "test_accuracy":
+            comp = _test_floor(store, comp, cell_vals, ref_vals, cell_runs, ref_runs, task, records)
+        return comp, False
     ratio = _oriented_ratio(spec, cell_vals, ref_vals)
     return (ratio, False) if ratio is not None else None
 
@@ -353,6 +411,9 @@ def _finish(result: ComparisonResult, spec: MetricSpec, threshold: float, alpha:
     if result.downgraded:
         multiplier = max(1.0, (result.p_adjusted or 1.0) / c.p_value) if c.p_value else float(result.family_size)
         needed = _seeds_for(c, spec, threshold, 1 - alpha / multiplier)
+    blocked = stats.floor_blocks(c, math.log1p(threshold) if c.scale == "ratio" else threshold)
+    if blocked:
+        needed = None
     result.verdict = dataclasses.replace(raw, status=status, seeds_needed=needed)
     result.tag = _tag(status, c, result.downgraded, band) + ("; 1-seed bootstrap" if result.bootstrap else "")
     if spec.scale == "difference":
@@ -361,17 +422,13 @@ def _finish(result: ComparisonResult, spec: MetricSpec, threshold: float, alpha:
         claim = f"{what} {result.phrase}"
     else:
         claim = f"{what} {result.phrase} than {result.reference}"
-    sentence = f"{claim}: {_reason(result, band, alpha)}."
+    sentence = f"{claim}: {_reason(result, band, alpha)}." + stats.floor_text(c)
     if result.bootstrap:
         sentence += (
             f" (1 seed: paired bootstrap over {c.n:,} test examples with McNemar's test; it covers test-set "
             "sampling, not seed-to-seed noise.)"
         )
-    if status == "unsettled" and len(c.differences) >= 2:
-        if needed is None:
-            sentence += f" More than {stats.MAX_SEEDS} seeds would be needed to settle it."
-        elif needed > c.n:
-            sentence += f" About {needed} seeds would settle it."
+    sentence += stats.settle_text(status, c, blocked, needed)
     result.verdict = dataclasses.replace(result.verdict, sentence=sentence)
 
 
@@ -404,7 +461,7 @@ def analyse(
             for metric in metrics_here:
                 v = values.get((design.id, cell.label, metric))
                 if v:
-                    iv = stats.mean_interval([v[s] for s in sorted(v)])
+                    iv = _cell_interval(store, col.records, metric, v, runs[(design.id, cell.label)], tasks)
                     cell_stats.append(
                         CellStat(design.id, cell.label, cell.group, cell.series, cell.x, cell.reference, metric, iv, v)
                     )
@@ -438,6 +495,10 @@ def analyse(
                         comp = _oriented_ratio(spec, cell_vals, ref_vals)
                         if comp is None:
                             continue
+                    comp = _test_floor(
+                        store, comp, cell_vals, ref_vals, runs[(design.id, cell.label)],
+                        runs[(design.id, ref.label)], tasks.get(letter or ""), col.records,
+                    )  # fmt: skip
                 th = threshold if spec.scale == "difference" or spec.base == "share_kept" else ratio_threshold
                 label = metric_label(metric, tasks)
                 higher = spec.higher_is_better if spec.scale == "difference" else True
@@ -519,6 +580,29 @@ def analyse(
     return StudyFindings(study, tasks, out, table, threshold, ratio_threshold, alpha, n_tests, col.chance, col.records)
 
 
+UNIT_RANGE = {"test_macro_f1", "test_balanced_accuracy", "val_accuracy"}  # in [0, 1], no test-set floor here
+SIGNED_RANGE = {"train_val_gap", "drift"}  # differences of two accuracies: in [-1, 1]
+
+
+def _cell_interval(
+    store: RunStore,
+    records: dict[str, RunRecord],
+    metric: str,
+    vals: dict[int, float],
+    runs: dict[int, str],
+    tasks: dict[str, str],
+) -> stats.Interval:
+    """A cell's mean of one metric over seeds with its 95% interval; test accuracy with its test-set floor, and
+    accuracy-like metrics kept inside the range they can take."""
+    base, letter = split_metric(metric)
+    if base == "test_accuracy":
+        return _accuracy_interval(store, records, vals, runs, tasks.get(letter or ""))
+    iv = stats.mean_interval([vals[s] for s in sorted(vals)])
+    if base in UNIT_RANGE:
+        return stats.clamp_interval(iv)
+    return stats.clamp_interval(iv, -1.0, 1.0) if base in SIGNED_RANGE else iv
+
+
 def _metric_order(design: Design):
     order = {m: i for i, m in enumerate(design.metrics)}
     return lambda m: (order.get(m, len(order)), m)
@@ -598,8 +682,10 @@ def _recommend(
                 _finite_or_none(_mean(values.get((design.id, pick.label, "trainable_params")))),
                 _finite_or_none(_mean(values.get((design.id, best.label, "trainable_params")))),
             )
-            acc = stats.mean_interval(list(values[(design.id, pick.label, metric)].values()))
-            best_acc = stats.mean_interval(list(best_vals.values()))
+            acc = _accuracy_interval(
+                store, records, values[(design.id, pick.label, metric)], runs[(design.id, pick.label)], task
+            )
+            best_acc = _accuracy_interval(store, records, best_vals, runs[(design.id, best.label)], task)
             rec = Recommendation(
                 design.id, group, task, pick.label, best.label, "", acc, best_acc, results.get(pick.label), speed,
                 params, {k: r.status for k, r in results.items()},
@@ -666,8 +752,11 @@ def seeds_to_settle(findings: StudyFindings) -> dict[str, SeedsAdvice]:
             if c.status != "unsettled" or c.derived:
                 continue
             n_seeds = len(c.comparison.differences) if c.comparison.differences else 1
-            if c.bootstrap or n_seeds < 2:
-                needed: int | None = MIN_SEEDS
+            band = math.log1p(findings.ratio_threshold) if c.comparison.scale == "ratio" else findings.threshold
+            if stats.floor_blocks(c.comparison, band):
+                needed: int | None = None  # only a larger test set settles it
+            elif c.bootstrap or n_seeds < 2:
+                needed = MIN_SEEDS
             else:
                 needed = c.verdict.seeds_needed
             rows.append((c.group, c.cell, c.metric, needed))

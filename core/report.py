@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import stats
 from core.findings import DesignFindings, StudyFindings, seeds_to_settle
 from core.records import RunState
 from core.store import RunStore
@@ -469,13 +470,37 @@ def _settings(store: RunStore, study: Study, findings: StudyFindings) -> list[st
         ("seeds", f"{', '.join(map(str, study.seeds))} ({len(study.seeds)})"),
         ("threshold", f"{points_text(study.threshold)} for accuracy, macro-F1, gaps and drift; "
                       f"{findings.ratio_threshold * 100:g}% for cost ratios"),  # fmt: skip
-        ("intervals", "95% Student-t over seeds; comparisons paired by seed (cost ratios on the log scale)"),
+        ("intervals", "95% Student-t over seeds; comparisons paired by seed (cost ratios on the log scale); test "
+                      "accuracies never narrower than their test set resolves, and inside 0-100%"),
+        ("test sets", _test_sets_text(findings)),
         ("multiple comparisons", _holm_text(findings)),
         ("runs", f"{completed} completed runs read; left out of the analysis: {left_text}"),
         ("compute", f"{fmt_seconds(total)} of run wall time in total ({n_timed} runs); "
                     f"{fmt_seconds(span)} from the first run created to the last finished"),
     ]  # fmt: skip
     return ["| setting | value |", "| --- | --- |", *(f"| {k} | {_md_escape(v)} |" for k, v in rows)]
+
+
+def _test_sets_text(findings: StudyFindings) -> str:
+    """The fewest test sentences per task and what they resolve: the floor under every accuracy interval
+    (core.stats.test_set_half_width; for a difference, two of them combined). Small test sets are flagged."""
+    parts = []
+    for task in findings.tasks.values():
+        runs = [r for r in findings.records.values() if r.state == RunState.COMPLETED and r.summary]
+        sizes = [r.summary.tasks[task].n_test for r in runs if task in r.summary.tasks and r.summary.tasks[task].n_test]
+        accs = [r.summary.test_accuracy(task) for r in runs if r.summary.test_accuracy(task) is not None]
+        if not sizes or not accs:
+            continue
+        n, p = min(sizes), float(sum(accs) / len(accs))
+        one = stats.test_set_half_width(p, n)
+        two = stats.difference_half_width((p, n), (p, n))
+        small = (
+            " (a small test set: no number of seeds settles a smaller difference)" if n < stats.SMALL_TEST_SET else ""
+        )
+        parts.append(
+            f"{task}: {n:,} sentences, an accuracy ±{one * 100:.1f} points, a difference ±{two * 100:.1f}{small}"
+        )
+    return "; ".join(parts) or "sizes unknown"
 
 
 def _holm_text(findings: StudyFindings) -> str:
@@ -556,8 +581,9 @@ def write_report(
         "How to read it: every number is a mean over seeds with its 95% interval in brackets. A verdict is "
         "*better* or *worse* only when the whole interval is beyond the threshold and the difference survives the "
         "Holm correction; *equivalent* when the interval lies inside the threshold; otherwise *unsettled* "
-        '("within noise" when the interval includes no difference). Accuracies are in percent, differences in '
-        "points (1 point = 1% accuracy).",
+        '("within noise" when the interval includes no difference). The interval of a test accuracy is never narrower '
+        "than its test set can resolve (see test sets above), however well the seeds agree. Accuracies are in "
+        "percent, differences in points (1 point = 1% accuracy).",
         "",
     ]
     advice = seeds_to_settle(findings)

@@ -2,20 +2,23 @@
 
 A study asks questions like "does freezing the backbone lose accuracy?". A difference of two means from a handful
 of seeds says little on its own, so every answer here comes with an interval, and a verdict is only "better" or
-"worse" when the whole interval clears a practical threshold. Pure numpy + scipy.stats: no torch, no I/O.
+"worse" when the whole interval clears a practical threshold. Accuracies are measured on a finite test set that every
+seed shares, so an accuracy interval is never narrower than that test set can resolve (``with_test_floor``,
+``accuracy_mean_interval``) and is kept inside [0, 1] (``clamp_interval``). Pure numpy + scipy.stats: no torch, no I/O.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 MAX_SEEDS = 50  # beyond this, "more seeds" is not a realistic answer for a fine-tuning study
+SMALL_TEST_SET = 100  # fewer test examples pin an accuracy to about ±10 points or worse: flagged as small
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Comparison(Interval):
     p_value: float | None = None
     scale: str = "difference"
     differences: tuple[float, ...] = ()
+    # Set by with_test_floor: the half-width the test sets alone leave (difference scale, or log scale for a
+    # ratio), the fewest test examples behind it, and whether it widened the interval.
+    test_floor: float = 0.0
+    n_test: int | None = None
+    widened: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,8 +238,129 @@ def accuracy_standard_error(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
+def _z(confidence: float) -> float:
+    return float(stats.norm.ppf((1 + confidence) / 2))
+
+
+def test_set_half_width(p: float, n: int, confidence: float = 0.95) -> float:
+    """Half-width of the binomial (Wald) interval of an accuracy p measured on n test examples: z * sqrt(p(1-p)/n),
+    about ±3.5 points at n=500 and ±12.6 at n=60 (p = 0.5). At p = 0 or 1 that formula gives 0, as if n sentences
+    could prove perfection, so p is held half an example inside [0, 1]; a real accuracy strictly inside (a multiple
+    of 1/n) is unchanged."""
+    if n <= 0:
+        raise ValueError(f"need n > 0 test examples, got {n}")
+    q = min(max(p, 0.5 / n), 1 - 0.5 / n)
+    return _z(confidence) * accuracy_standard_error(q, n)
+
+
+def difference_half_width(
+    a: tuple[float, int], b: tuple[float, int], confidence: float = 0.95, scale: str = "difference"
+) -> float:
+    """What test sets of n_a and n_b examples can resolve between accuracies p_a and p_b ((p, n) pairs): the
+    half-widths of test_set_half_width combined as independent, sqrt(h_a^2 + h_b^2) - the "test set ±" Compare
+    shows. On shared test sentences the paired (McNemar) error is smaller by how often the two models agree, but
+    that agreement can be total on this sample (identical predictions) without saying anything about the next
+    one: this is the test sets' resolution, used as a floor, not an estimate. scale "ratio": the same on the log
+    scale of p_a / p_b (delta method: sqrt(h_a^2 / p_a^2 + h_b^2 / p_b^2), p held as in test_set_half_width)."""
+    parts = []
+    for p, n in (a, b):
+        h = test_set_half_width(p, n, confidence)
+        parts.append(h / min(max(p, 0.5 / n), 1 - 0.5 / n) if scale == "ratio" else h)
+    return math.hypot(*parts)
+
+
+def _widen(estimate: float, low: float, high: float, floor: float) -> tuple[float, float, bool]:
+    lo, hi = min(low, estimate - floor), max(high, estimate + floor)
+    return lo, hi, (lo, hi) != (low, high)
+
+
+def with_test_floor(
+    c: Comparison, a: tuple[float, int], b: tuple[float, int], bounds: tuple[float, float] = (-1.0, 1.0)
+) -> Comparison:
+    """An accuracy comparison (treatment a, reference b, as (mean accuracy, test examples)) widened so that it is
+    never narrower than the test sets can resolve: [min(low, d - f), max(high, d + f)], with f =
+    difference_half_width (on the log scale for a ratio).
+
+    Why: every seed is scored on the same test sentences, so a t interval over seeds sees training noise but not
+    the sampling error of the test set the seeds share; two seeds whose per-seed differences agree exactly give a
+    zero-width interval, on 60 sentences as on 60,000. A floor rather than a sum: the seed spread (and a bootstrap
+    over test examples) already holds part of the test-set noise, and the floor is already conservative. The
+    p-value becomes max(p, 2 * (1 - Phi(|d| / (f / z)))) so that Holm cannot call significant a difference the
+    test sets cannot resolve. Differences are cut to ``bounds``; a comparison without an interval (one seed, no
+    predictions) only records the floor."""
+    floor = difference_half_width(a, b, c.confidence, c.scale)
+    n_test = min(a[1], b[1])
+    if c.low is None or c.high is None:
+        return replace(c, test_floor=floor, n_test=n_test)
+    to, back = (math.log, math.exp) if c.scale == "ratio" else (float, float)
+    d = to(c.estimate)
+    low, high, widened = _widen(d, to(c.low), to(c.high), floor)
+    low, high = back(low), back(high)
+    if c.scale != "ratio":
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    p = c.p_value
+    if p is not None and floor > 0:
+        p = max(p, float(2 * stats.norm.sf(abs(d) / (floor / _z(c.confidence)))))
+    method = c.method + (f", widened to what {n_test:,} test examples resolve" if widened else "")
+    return replace(c, low=low, high=high, p_value=p, method=method, test_floor=floor, n_test=n_test, widened=widened)
+
+
+def clamp_interval(iv: Interval, low: float = 0.0, high: float = 1.0) -> Interval:
+    """An interval of a bounded quantity cut at its bounds: with 2-3 seeds a t interval on an accuracy reaches past
+    0 and 1 ("51.7% [-54.2, 157.6]"). The one place studies and Compare clamp accuracy-like intervals."""
+    if iv.low is None or iv.high is None:
+        return iv
+    return replace(iv, low=min(max(iv.low, low), high), high=max(min(iv.high, high), low))
+
+
+def binomial_interval(p: float, n: int, confidence: float = 0.95) -> Interval:
+    """One accuracy p on n test examples: p ± test_set_half_width, clamped to [0, 1]."""
+    half = test_set_half_width(p, n, confidence)
+    return clamp_interval(Interval(p, p - half, p + half, 1, f"binomial standard error (n={n})", confidence))
+
+
+def accuracy_mean_interval(
+    values: Sequence[float] | np.ndarray, n_test: int | None, confidence: float = 0.95
+) -> Interval:
+    """Mean test accuracy over seeds: the t interval of mean_interval, widened to at least mean ±
+    test_set_half_width(mean, n_test) (the seeds share one test set, see with_test_floor) and clamped to [0, 1].
+    Two seeds at 0.525 and 0.525 on 40 sentences give 0.525 [0.37, 0.68], not [0.525, 0.525]. One seed: no
+    interval, as mean_interval; n_test None (size unknown): the t interval, clamped."""
+    iv = mean_interval(values, confidence)
+    if iv.low is None or iv.high is None or not n_test:
+        return clamp_interval(iv)
+    low, high, widened = _widen(iv.estimate, iv.low, iv.high, test_set_half_width(iv.estimate, n_test, confidence))
+    method = iv.method + (f", widened to what {n_test:,} test examples resolve" if widened else "")
+    return clamp_interval(replace(iv, low=low, high=high, method=method))
+
+
+def floor_text(c: Comparison) -> str:
+    """The sentence a comparison widened by with_test_floor ends with ("" when the floor did not bind)."""
+    if not c.widened or c.n_test is None:
+        return ""
+    ratio = c.scale == "ratio"
+    size = f"±{math.expm1(c.test_floor) * 100:.0f}%" if ratio else f"±{c.test_floor * 100:.1f} points"
+    d = math.log(c.estimate) if ratio else c.estimate
+    if abs(d) <= c.test_floor:
+        return f" The difference is within what the test sets resolve ({size} on {c.n_test:,} test sentences)."
+    return f" {c.n_test:,} test sentences resolve it only to {size}."
+
+
+def floor_blocks(c: Comparison, band: float) -> bool:
+    """True when the test-set floor alone keeps the comparison unsettled, however many seeds: only a larger test
+    set can settle it. ``band`` on the comparison's own working scale (log for ratios)."""
+    if c.test_floor <= 0:
+        return False
+    d = math.log(c.estimate) if c.scale == "ratio" else c.estimate
+    return _band_status(d - c.test_floor, d + c.test_floor, band) == "unsettled"
+
+
 def seeds_needed(
-    differences: Sequence[float], threshold: float, confidence: float = 0.95, max_seeds: int = MAX_SEEDS
+    differences: Sequence[float],
+    threshold: float,
+    confidence: float = 0.95,
+    max_seeds: int = MAX_SEEDS,
+    floor: float = 0.0,
 ) -> int | None:
     """Smallest total number of seeds n at which the paired t-interval is expected to settle, assuming the mean
     and standard deviation of the observed per-seed differences stay as they are.
@@ -240,13 +369,13 @@ def seeds_needed(
     [-threshold, +threshold] (strictly beyond it: better/worse) or entirely inside it (equivalent) - the same rule
     verdict() uses. Returns the current n if already settled, and None when fewer than 2 differences are given
     (no spread to extrapolate from) or when it does not settle within max_seeds (e.g. |mean| sits on the
-    threshold)."""
+    threshold). ``floor``: the half-width no number of seeds goes below (with_test_floor's test-set floor)."""
     arr = _finite_array(differences, "seeds_needed")
     if arr.size < 2:
         return None
     mean, sd = float(arr.mean()), float(arr.std(ddof=1))
     for n in range(arr.size, max_seeds + 1):
-        half = _t_half_width(sd, n, confidence)
+        half = max(_t_half_width(sd, n, confidence), floor)
         if _band_status(mean - half, mean + half, threshold) != "unsettled":
             return n
     return None
@@ -278,7 +407,9 @@ def verdict(
     ratio comparison it is relative (0.05 = 5%, band [1/1.05, 1.05]). "better"/"worse" need the whole interval
     strictly beyond the band, "equivalent" needs it inside; everything else - including an interval that excludes
     zero but reaches into the band - is "unsettled", because it cannot yet tell a difference that matters from
-    one that does not. unit "points" shows values x100 (for metrics in [0, 1]); any other unit is shown as is.
+    one that does not. An accuracy comparison widened by with_test_floor is judged on the widened interval (an
+    "equivalent" needs the test-set noise inside the band too), and its sentence says when only a larger test set
+    could settle it. unit "points" shows values x100 (for metrics in [0, 1]); any other unit is shown as is.
     """
     c, ratio = comparison, comparison.scale == "ratio"
     if threshold < 0:
@@ -291,7 +422,11 @@ def verdict(
     else:
         low, high = sorted((sign * to_log(c.low), sign * to_log(c.high)))
         status = _band_status(low, high, band)
-    needed = seeds_needed([sign * d for d in c.differences], band, c.confidence) if len(c.differences) >= 2 else None
+    needed = (
+        seeds_needed([sign * d for d in c.differences], band, c.confidence, floor=c.test_floor)
+        if len(c.differences) >= 2
+        else None
+    )
 
     interval_text = ""
     if ratio:
@@ -327,10 +462,18 @@ def verdict(
         reason = "within noise (unsettled)"
     else:
         reason = f"a real difference, but it may be under the threshold of {band_text} (unsettled)"
-    sentence = f"{claim}: {reason}."
-    if status == "unsettled" and len(c.differences) >= 2:
-        if needed is None:
-            sentence += f" More than {MAX_SEEDS} seeds would be needed to settle it."
-        elif needed > c.n:
-            sentence += f" About {needed} seeds would settle it."
+    sentence = f"{claim}: {reason}." + floor_text(c) + settle_text(status, c, floor_blocks(c, band), needed)
     return Verdict(status, sentence, needed, c, threshold)
+
+
+def settle_text(status: str, c: Comparison, blocked: bool, needed: int | None) -> str:
+    """What would settle an unsettled comparison, as the end of its sentence ("" when nothing is to be said)."""
+    if status != "unsettled":
+        return ""
+    if blocked:
+        return " More seeds cannot settle it; only a larger test set can."
+    if len(c.differences) < 2:
+        return ""
+    if needed is None:
+        return f" More than {MAX_SEEDS} seeds would be needed to settle it."
+    return f" About {needed} seeds would settle it." if needed > c.n else ""

@@ -232,3 +232,97 @@ def test_seeds_needed_unreachable_or_undefined():
     assert seeds_needed([0.02], threshold=0.01) is None  # one difference: no spread to extrapolate from
     assert seeds_needed([0.02, 0.02], threshold=0.01) == 2  # no spread: already settled
     assert seeds_needed([0.01, 0.02, 0.03], threshold=0.01, max_seeds=6) is None
+
+
+# -- the test-set floor: no accuracy interval narrower than its test set resolves ------------------------
+Z_975 = 1.959963984540054
+
+
+def test_test_set_half_width_is_the_binomial_interval_and_never_zero():
+    from core.stats import test_set_half_width
+
+    assert test_set_half_width(0.5, 500) == pytest.approx(Z_975 * 0.5 / math.sqrt(500))  # 4.4 points
+    assert test_set_half_width(0.8, 60) == pytest.approx(Z_975 * math.sqrt(0.16 / 60))
+    # 60 of 60 right does not prove perfection: p is held half a sentence inside, (59.5/60)
+    assert test_set_half_width(1.0, 60) == pytest.approx(Z_975 * math.sqrt(59.5 / 60 * 0.5 / 60 / 60))
+    assert test_set_half_width(1.0, 60) > 0 and test_set_half_width(0.0, 60) == pytest.approx(
+        test_set_half_width(1.0, 60)
+    )
+    with pytest.raises(ValueError):
+        test_set_half_width(0.5, 0)
+
+
+def test_difference_half_width_combines_the_two_test_sets():
+    from core.stats import difference_half_width, test_set_half_width
+
+    assert difference_half_width((0.6, 100), (0.7, 400)) == pytest.approx(
+        math.hypot(test_set_half_width(0.6, 100), test_set_half_width(0.7, 400))
+    )
+    log = difference_half_width((0.6, 100), (0.7, 400), scale="ratio")
+    assert log == pytest.approx(math.hypot(test_set_half_width(0.6, 100) / 0.6, test_set_half_width(0.7, 400) / 0.7))
+
+
+def test_with_test_floor_widens_a_zero_width_seed_interval():
+    from core.stats import with_test_floor
+
+    same = paired_difference({0: 0.633, 1: 0.433}, {0: 0.633, 1: 0.433})
+    assert (same.low, same.high) == (0.0, 0.0)
+    floored = with_test_floor(same, (0.533, 60), (0.533, 60))
+    half = Z_975 * math.sqrt(2 * 0.533 * 0.467 / 60)  # 17.9 points
+    assert (floored.low, floored.high) == pytest.approx((-half, half))
+    assert floored.widened and floored.n_test == 60 and floored.test_floor == pytest.approx(half)
+    assert floored.p_value == 1.0 and "widened to what 60 test examples resolve" in floored.method
+    v = verdict(floored, threshold=0.01)
+    assert v.status == "unsettled" and v.seeds_needed is None
+    assert "within what the test sets resolve (±17.9 points on 60 test sentences)" in v.sentence
+    assert "only a larger test set can" in v.sentence
+    assert verdict(same, threshold=0.01).status == "equivalent"  # what the seeds alone would have claimed
+
+
+def test_with_test_floor_keeps_a_wider_seed_interval_and_raises_p():
+    from core.stats import with_test_floor
+
+    wide = paired_difference(_diffs(0.03, 0.03), _zeros())
+    kept = with_test_floor(wide, (0.83, 100_000), (0.80, 100_000))
+    assert (kept.low, kept.high, kept.p_value) == (wide.low, wide.high, wide.p_value) and not kept.widened
+    # a shift of 10 points on every seed: p = 0 over seeds, but on 50 sentences z = 0.10 / se is about 1.3
+    shifted = paired_difference({0: 0.6, 1: 0.7, 2: 0.8}, {0: 0.5, 1: 0.6, 2: 0.7})
+    floored = with_test_floor(shifted, (0.7, 50), (0.6, 50))
+    se = math.sqrt(0.21 / 50 + 0.24 / 50)
+    assert floored.p_value == pytest.approx(2 * (1 - 0.5 * (1 + math.erf(0.1 / se / math.sqrt(2)))))
+    assert floored.low < 0 < floored.high
+
+
+def test_with_test_floor_clamps_differences_and_floors_ratios_on_the_log_scale():
+    from core.stats import with_test_floor
+
+    big = with_test_floor(paired_difference({0: 0.99, 1: 0.98}, {0: 0.01, 1: 0.02}), (0.985, 5), (0.015, 5))
+    assert big.high <= 1.0 and big.low >= -1.0
+    same = ratio_interval({0: 0.6, 1: 0.4}, {0: 0.6, 1: 0.4})
+    floored = with_test_floor(same, (0.5, 100), (0.5, 100))
+    log_half = Z_975 * math.sqrt(2 * 0.25 / 100) / 0.5
+    assert (floored.low, floored.high) == pytest.approx((math.exp(-log_half), math.exp(log_half)))
+
+
+def test_accuracy_mean_interval_is_floored_and_clamped():
+    from core.stats import accuracy_mean_interval, clamp_interval
+
+    agree = accuracy_mean_interval([0.525, 0.525], 40)
+    half = Z_975 * math.sqrt(0.525 * 0.475 / 40)  # 15.5 points
+    assert (agree.low, agree.high) == pytest.approx((0.525 - half, 0.525 + half))
+    assert "widened" in agree.method
+    spread = accuracy_mean_interval([0.633, 0.433], 60)  # t with 1 df: 53.3 ± 127 points
+    assert (spread.low, spread.high) == (0.0, 1.0) and spread.method == "t over 2 seeds"
+    t = mean_interval([0.90, 0.92, 0.91])
+    assert accuracy_mean_interval([0.90, 0.92, 0.91], 100_000) == t  # the seed spread is wider: unchanged
+    assert accuracy_mean_interval([0.8], 60).low is None  # one seed: still no interval over seeds
+    assert clamp_interval(mean_interval([0.5, 0.7]), 0.0, 1.0).low == 0.0
+
+
+def test_seeds_needed_never_counts_below_the_floor():
+    spread = [0.002, 0.004, 0.003]  # mean 0.3 points, would be "equivalent" within 1 point at once
+    assert seeds_needed(spread, 0.01) == 3
+    assert seeds_needed(spread, 0.01, floor=0.02) is None  # a 2-point floor never fits in a 1-point band
+    far = [0.05, 0.09, 0.01]  # mean 5 points, wide: seeds settle "better" only when the floor allows it
+    assert seeds_needed(far, 0.01, floor=0.03) == seeds_needed(far, 0.01)
+    assert seeds_needed(far, 0.01, floor=0.045) is None
