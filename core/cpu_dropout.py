@@ -24,10 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ATTENTION", "ENABLED", "FastDropout", "use_fast_dropout"]
+__all__ = ["ATTENTION", "FastDropout", "use_fast_dropout"]
 
 ATTENTION = "freezelab_cpu_dropout"
-ENABLED = True  # what training on CPU uses; the benchmark turns it off to measure torch's own dropout alongside
 _LEVELS = 1 << 16
 
 

@@ -175,7 +175,7 @@ class Trainer:
         # Where it trains: the device, cached frozen layers, the optimizer.
         self.model.to(self.device)
         self.loss.to(self.device)
-        if self.device.type == "cpu" and cpu_dropout.ENABLED:  # masks from 16 random bits (core/cpu_dropout.py)
+        if self.device.type == "cpu":  # masks from 16 random bits (core/cpu_dropout.py)
             log.info("CPU dropout: %s", cpu_dropout.use_fast_dropout(self.model))
         encoded = {t: ts.splits() for t, ts in self.tasks.items()}
         reusable = not cfg.init_from and not self.staged and not self.lora
