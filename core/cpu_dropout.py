@@ -2,7 +2,8 @@
 
 ``torch.nn.Dropout`` on CPU draws its mask with ``bernoulli_``, one random float per element. A MiniLM-L6
 training step at batch 32 calls dropout 20 times (embeddings; per layer: attention probabilities, attention
-output, feed-forward output; the head), and those draws were 9% of the step in a profile.
+output, feed-forward output; the head), and those draws were 9% of the step in a profile. With the masks below
+the step is 1.03-1.12x faster (``python -m core bench``: steps of two copies of one model, interleaved).
 
 Here each element takes 16 random bits instead: one 64-bit draw of the generator gives four elements, and an
 element is kept when its bits, read as a signed 16-bit integer, reach ``round(p * 65536) - 32768``. The keep
