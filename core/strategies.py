@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import ConfigError
+from core.errors import BackboneError, ConfigError
 
 if TYPE_CHECKING:
     from core.config import RunConfig
@@ -274,9 +274,16 @@ def plan(cfg: RunConfig, num_labels: dict[str, int] | None = None) -> dict:
     labels = {t.name: ["?"] * (num_labels or {}).get(t.name, 2) for t in cfg.tasks}
     with torch.device("meta"):
         try:
-            backbone = AutoModel.from_config(config, add_pooling_layer=False)
-        except TypeError:
-            backbone = AutoModel.from_config(config)
+            try:
+                backbone = AutoModel.from_config(config, add_pooling_layer=False)
+            except TypeError:
+                backbone = AutoModel.from_config(config)
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            # a config.json that reads but describes no buildable model (hidden size not divisible by the heads...)
+            raise BackboneError(
+                f"backbone {cfg.backbone!r}: its config.json does not describe a model transformers can build "
+                f"({str(exc).splitlines()[0][:200]}). Fix the file or choose another backbone."
+            ) from None
         model = MultiTaskModel(prepare_backbone(backbone, cfg), labels, cfg.pooling, cfg.head_dropout)
     apply_strategy(model, cfg)
     report = parameter_report(model)

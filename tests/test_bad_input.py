@@ -589,3 +589,21 @@ def test_too_few_rows_recommend_only_what_the_user_can_set(tmp_path):
     keys = {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(TaskConfig)}
     named = set(re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", str(err.value)))
     assert "8" in str(err.value) and named <= keys, named - keys
+
+
+def test_a_config_json_that_builds_no_model_is_a_backbone_error(tmp_path):
+    """The Launch page's plan (core.strategies.plan) on a folder whose config.json reads but cannot build: a
+    message naming the backbone and the file, not a raw ValueError from transformers."""
+    import json
+
+    from core.config import RunConfig
+    from core.errors import BackboneError
+    from core.strategies import plan
+
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "bert", "hidden_size": 10, "num_attention_heads": 3, "num_hidden_layers": 1})
+    )
+    with pytest.raises(BackboneError, match="config.json does not describe a model"):
+        plan(RunConfig(backbone=str(folder), strategy="frozen_backbone"))
