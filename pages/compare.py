@@ -89,6 +89,14 @@ def choose_runs_ui(df: pd.DataFrame) -> list[str]:
         kept = [r for r in st.session_state.get("cmp_runs") or [] if r in ids]
         st.session_state["cmp_runs"] = kept if only_deleted and "cmp_runs" in st.session_state else default
     st.session_state["cmp_filtered"] = signature
+    if "cmp_runs" not in st.session_state and "runs" in st.query_params:  # a shared link, opened here
+        absent = [r for r in split_list(st.query_params["runs"]) if r not in stored]
+        if absent:
+            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+            st.warning(
+                f"The link names runs this runs folder does not have: {', '.join(absent[:5])}{more} (deleted, or "
+                "shared from another machine). The comparison shows the rest."
+            )
     from_url("cmp_runs", "runs", default, parse=split_list, clean=lambda v: [i for i in v if i in names])
     chosen = st.multiselect(f"Runs ({len(df)} match)", ids, key="cmp_runs", format_func=lambda i: names.get(i, i))
     # The sweep and the runs always go in the link: "the latest sweep" changes as sweeps are launched.

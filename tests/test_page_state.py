@@ -178,3 +178,12 @@ def test_compare_drops_a_deleted_run_with_a_notice_and_keeps_the_rest_of_the_cho
     assert set(decision.dataframe[0].value["strategy"]) == {"full_finetune"}, "no stale numbers of the deleted run"
     at.run()
     assert not texts(at, "warning"), "the notice is said once"
+
+
+def test_compare_says_which_runs_of_a_shared_link_are_not_here(monkeypatch, decision):
+    full = decision["ids"]["full_finetune"][0]
+    at = app(monkeypatch, decision["root"], COMPARE, query={"sweep": DECISION_SWEEP, "runs": f"{full},ghost-run-1"})
+    no_problem(at)
+    notice = texts(at, "warning")
+    assert len(notice) == 1 and "ghost-run-1" in notice[0] and full not in notice[0], notice
+    assert one(at.multiselect, "Runs (9 match)").value == [full], "the rest of the link is shown"
