@@ -47,10 +47,10 @@ def cmd_study_run(args) -> None:
     from core.study_values import fmt_seconds
 
     store = _store(args)
+    _refuse_training_sizes(args)  # new or continued, the study's scale decides the sizes
     if args.study:
         study = studies.load_study(store, args.study)
     else:
-        _refuse_training_sizes(args)
         given = given_keys(args)
         base = studies.scaled_base(config_from_args(args, store), args.scale, given)
         scale = studies.SCALES[args.scale]

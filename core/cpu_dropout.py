@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ATTENTION", "FastDropout", "use_fast_dropout"]
+__all__ = ["ATTENTION", "ENCODERS", "FastDropout", "use_fast_dropout"]
 
 ATTENTION = "freezelab_cpu_dropout"
 _LEVELS = 1 << 16
@@ -55,13 +55,22 @@ class FastDropout(nn.Module):
         return f"p={self.p}"
 
 
+# Bidirectional encoders whose attention this function computes exactly as SDPA does: no causal mask, as many key
+# and value heads as query heads. Any other model keeps SDPA (a decoder's None mask means "causal" there).
+ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet"})
+
+
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' attention-function signature: eager attention with the module's dropout while it trains,
-    transformers' SDPA function otherwise (what the model used before the swap)."""
+    transformers' SDPA function otherwise (what the model used before the swap), and for anything this eager
+    path does not reproduce: a causal module, grouped key/value heads, extra options (sliding windows...)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs)
+    plain = not getattr(module, "is_causal", False) and key.shape[1] == query.shape[1] and not kwargs
+    if dropout == 0.0 or not plain:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scale
     if attention_mask is not None:
@@ -71,7 +80,10 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
             scores = scores + attention_mask[..., : key.shape[-2]]
     probs = torch.softmax(scores, dim=-1)
     drop = getattr(module, "dropout", None)
-    probs = drop(probs) if isinstance(drop, FastDropout) else nn.functional.dropout(probs, dropout, training=True)
+    if isinstance(drop, FastDropout) and drop.p == dropout:
+        probs = drop(probs)
+    else:
+        probs = nn.functional.dropout(probs, dropout, training=True)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 
@@ -84,13 +96,17 @@ def _register() -> None:
 
 
 def _uses_sdpa_interface(model: nn.Module) -> list:
-    """The transformers models inside ``model`` whose attention is transformers' SDPA function."""
+    """The transformers encoders inside ``model`` (``ENCODERS``, not configured as decoders) whose attention is
+    transformers' SDPA function."""
     from transformers import PreTrainedModel
 
     return [
         m
         for m in model.modules()
-        if isinstance(m, PreTrainedModel) and getattr(m.config, "_attn_implementation", None) == "sdpa"
+        if isinstance(m, PreTrainedModel)
+        and getattr(m.config, "_attn_implementation", None) == "sdpa"
+        and getattr(m.config, "model_type", None) in ENCODERS
+        and not getattr(m.config, "is_decoder", False)
     ]
 
 
@@ -101,7 +117,9 @@ def use_fast_dropout(model: nn.Module) -> dict[str, int | bool]:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
-                setattr(parent, name, FastDropout(child.p))
+                fast = FastDropout(child.p)
+                fast.train(child.training)
+                setattr(parent, name, fast)
                 swapped += 1
     attention = False
     models = _uses_sdpa_interface(model)

@@ -392,12 +392,22 @@ def _compare(
     return (ratio, False) if ratio is not None else None
 
 
-def _share_from_bootstrap(boot: stats.Comparison, ref_acc: float, cell_acc: float) -> stats.Comparison:
-    """A one-seed share kept from the bootstrap difference, the reference accuracy held fixed."""
-    low = None if boot.low is None else 1 + boot.low / ref_acc
-    high = None if boot.high is None else 1 + boot.high / ref_acc
+def _share_from_bootstrap(boot: stats.Comparison, ref_acc: float, cell_acc: float) -> stats.Comparison | None:
+    """A one-seed share kept from the bootstrap difference, the reference accuracy held fixed; None when the
+    reference got nothing right (no share of nothing). A share is positive and read on the log scale: it is held
+    at least half a test sentence's worth above 0 (a bound 1 + difference / reference can reach 0 or below)."""
+    if ref_acc <= 0:
+        return None
+    tiny = 0.5 / max(boot.n, 1) / ref_acc
+
+    def share(difference: float | None) -> float | None:
+        return None if difference is None else max(tiny, 1 + difference / ref_acc)
+
     method = boot.method + "; share = 1 + difference / reference accuracy"
-    return stats.Comparison(cell_acc / ref_acc, low, high, boot.n, method, boot.confidence, boot.p_value, "ratio")
+    estimate = max(tiny, cell_acc / ref_acc)
+    return stats.Comparison(
+        estimate, share(boot.low), share(boot.high), boot.n, method, boot.confidence, boot.p_value, "ratio"
+    )
 
 
 def _finish(result: ComparisonResult, spec: MetricSpec, threshold: float, alpha: float, what: str) -> None:
@@ -491,6 +501,8 @@ def analyse(
                     if boot:
                         seed = min(set(cell_vals) & set(ref_vals))
                         comp = _share_from_bootstrap(comp, ref_vals[seed], cell_vals[seed])
+                        if comp is None:
+                            continue
                     else:
                         comp = _oriented_ratio(spec, cell_vals, ref_vals)
                         if comp is None:

@@ -101,3 +101,15 @@ def test_cpu_training_run_uses_it(store):
     train_run(store, run_id)
     log = store.log_path(run_id).read_text()
     assert "CPU dropout: {'modules': 6, 'attention': True}" in log  # 5 as above, plus the second head
+
+
+def test_decoders_keep_sdpa_and_swapped_modules_keep_their_mode():
+    """A decoder's attention is causal (SDPA reads a None mask as causal), which the eager branch does not
+    compute: only bidirectional encoders are rerouted. Their dropout modules are still swapped, in the mode
+    each had."""
+    from transformers import GPT2Config, GPT2Model
+
+    decoder = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64)).eval()
+    assert use_fast_dropout(decoder) == {"modules": 4, "attention": False}
+    assert decoder.config._attn_implementation == "sdpa"
+    assert all(not m.training for m in decoder.modules() if isinstance(m, FastDropout))

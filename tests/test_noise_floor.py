@@ -148,3 +148,25 @@ def test_compare_and_a_study_floor_the_same_difference_the_same_way(store, tmp_p
     c = analyse(other, lab.study).designs["speed"].comparison("frozen_backbone", "test_accuracy:b").comparison
     assert (row["vs best low"], row["vs best high"]) == (pytest.approx(c.low), pytest.approx(c.high))
     assert c.widened and c.n_test == 80
+
+
+def test_a_one_seed_share_kept_of_a_very_weak_cell_is_reported_not_a_crash(store):
+    """One seed, 60 test sentences: the reference gets 50 right, one freeze_depth cell 5 and another 0. The
+    bootstrap share's lower bound (1 + difference / reference) reaches below 0, and a share of 0 has no log:
+    analyse used to raise "math domain error"."""
+    from tests.test_findings import Lab, _predictions
+
+    n = 60
+    lab = Lab(store, designs=("freeze_depth",), seeds=(0,), n_test=n)
+    labels = [i % 5 for i in range(n)]
+    cells = [c for (_, c, _) in lab.planned]
+    weak = {cells[-1]: 5, cells[-2]: 0}
+    for cell in cells:
+        right = 50 if cell == "full_finetune" else weak.get(cell, 45)
+        lab.run("freeze_depth", cell, 0, acc=(right / n, 0.7), predictions={"topic": _predictions(right, labels)})
+    findings = analyse(store, lab.study)
+    shares = [c for c in findings.comparisons if c.metric == "share_kept:a" and c.cell in weak]
+    assert len(shares) == 2, [c.metric for c in findings.comparisons]
+    for c in shares:
+        assert 0 < c.comparison.low < c.comparison.estimate < c.comparison.high < 1, c.sentence
+        assert c.status == "worse", c.sentence  # keeping 1-10% of the reference's accuracy is beyond noise
