@@ -623,6 +623,11 @@ def write_report(
             a = advice[design_id]
             if a.max_seeds:
                 notes.append(f"To settle its unsettled comparisons: about {a.max_seeds} seeds in total.")
+            if a.unreachable:
+                notes.append(
+                    f"{a.unreachable} unsettled comparison(s) would not settle with more seeds: they need a larger "
+                    f"test set or more than {stats.MAX_SEEDS} seeds."
+                )
         for note in notes:
             lines += [f"*{_md_escape(note)}*", ""]
     path = out / "report.md"
