@@ -128,6 +128,18 @@ def split_list(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
+def capital(text: str) -> str:
+    """A core message ('file a.csv is empty…') as the page writes a sentence: 'File a.csv is empty…'."""
+    return text[:1].upper() + text[1:]
+
+
+def own_name(message: str, stored: str, name: str) -> str:
+    """A message about an uploaded file, naming the file as the user uploaded it: no stored copy, no server path."""
+    if not stored or stored == name:
+        return message
+    return message.replace(stored, name).replace(Path(stored).name, name)
+
+
 def from_url(key: str, param: str, default: Any, *, parse: Callable = str, clean: Callable | None = None) -> None:
     """Give the widget of ``key`` its value before it is drawn: the one it has, else the URL's ``param`` (a shared
     link), else ``default``. ``clean`` maps a value to one the widget can show, or None to use ``default``."""

@@ -45,6 +45,7 @@ SMOOTH_MIN_POINTS = 20  # below this many points a smoothed curve is mostly the 
 MIN_ACCURACY_SPAN = 0.10  # an accuracy axis spans at least 10 points: a 1-point gap must not look like a cliff
 GONE = "cmp_gone"  # names of chosen runs deleted from disk since the page last drew them
 NAMES = "cmp_names"  # the chosen runs' names, to name one after it is deleted
+ANNOUNCED = "cmp_announced"  # deleted runs already named in a notice
 WALL_HELP = (
     "Wall time: the whole run, from its start to its end (loading data, caching frozen layers, training, "
     "evaluating). Training time: training steps only."
@@ -567,9 +568,13 @@ def separate_ui(run_ids: list[str], records: dict) -> None:
 
 # -- the view: refreshed while a chosen run is live ---------------------------------------------------
 def note_deleted(run_ids: list[str]) -> None:
-    """Remember the names of chosen runs that are gone, for the notice at the top of the page."""
+    """Remember the names of chosen runs that are gone, for the notice at the top of the page: once per run (a tab
+    click reruns the view with the run ids it was drawn with, the deleted one included)."""
+    announced = st.session_state.setdefault(ANNOUNCED, set())
+    new = [r for r in run_ids if r not in announced]
+    announced.update(new)
     names = st.session_state.get(NAMES, {})
-    st.session_state[GONE] = list(dict.fromkeys([*st.session_state.get(GONE, []), *(names.get(r, r) for r in run_ids)]))
+    st.session_state[GONE] = list(dict.fromkeys([*st.session_state.get(GONE, []), *(names.get(r, r) for r in new)]))
 
 
 def compare_view(run_ids: list[str], records: dict, refreshing: bool) -> None:

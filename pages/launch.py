@@ -30,7 +30,7 @@ from core.config import (
 from core.data import BUILTIN_DATASETS, class_warning, load_task_data, preview_file, read_table
 from core.errors import ConfigError, DataError, FreezeLabError
 from core.strategies import STRATEGIES, plan
-from pages.common import fmt_params, get_store, guarded, stored_upload
+from pages.common import capital, fmt_params, get_store, guarded, own_name, stored_upload
 
 BUILTIN_LABELS = {"bbc_topics": 5, "rt_sentiment": 2, "imdb_sentiment": 2}
 OTHER = "Other: a model folder or hub id"
@@ -170,18 +170,6 @@ def backbone_layers(spec: str) -> int | None:
     does not say. A BackboneError is raised, not cached: a folder fixed or a network back is seen at once."""
     layers = getattr(load_backbone_config(spec), "num_hidden_layers", None)
     return layers if isinstance(layers, int) else None
-
-
-def capital(text: str) -> str:
-    """A core message ('file a.csv is empty…') as the page writes a sentence: 'File a.csv is empty…'."""
-    return text[:1].upper() + text[1:]
-
-
-def own_name(message: str, stored: str, name: str) -> str:
-    """A message about an uploaded file, naming the file as the user uploaded it: no stored copy, no server path."""
-    if not stored or stored == name:
-        return message
-    return message.replace(stored, name).replace(Path(stored).name, name)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -503,7 +491,9 @@ def model_ui(slots: dict) -> tuple[str, str, int | None, dict, bool]:
         )
         slots["freeze_layers"] = st.empty()
         if kept > top:
-            slots["freeze_layers"].caption(f"k lowered from {kept} to {top}: {backbone} has {top} layers.")
+            slots["freeze_layers"].caption(
+                f"k lowered from {kept} to {top}: {backbone} has {top} layer{'s' if top != 1 else ''}."
+            )
     if STRATEGIES[strategy].staged:
         every = st.number_input(
             "Unfreeze one more layer every N steps (0 = every epoch)", 0, 100000, 0, key="unfreeze", persist_state=KEEP
@@ -798,7 +788,8 @@ def sweep_ui(cfg: RunConfig | None, seeds: list[int], forms: list[TaskForm], rep
         depths: list[int] = []
         if deep:
             n_layers = sum(g["group"].startswith("layer.") for g in report["layers"]) if report else 12
-            default = [cfg.freeze_layers] if cfg is not None and cfg.freeze_layers is not None else []
+            # the form's k when its strategy has one, else the middle depth: never an empty choice to start from
+            default = [cfg.freeze_layers] if cfg is not None and cfg.freeze_layers is not None else [n_layers // 2]
             depths = st.multiselect(
                 f"Freeze depths (k) for {', '.join(deep)}",
                 list(range(n_layers + 1)),

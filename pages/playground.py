@@ -10,11 +10,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import read_table
-from core.errors import user_message
+from core.errors import FreezeLabError, user_message
 from core.predict import INT8_MIN_AGREEMENT, Predictor, read_int8_report
 from core.records import RunState
 from core.shared_predict import timed_side_by_side
-from pages.common import get_store, guarded, stored_upload
+from pages.common import capital, get_store, guarded, own_name, stored_upload
 
 MAX_CSV_ROWS = 5000
 MAX_SHOWN_CHARS = 200
@@ -231,7 +231,13 @@ def file_ui(chosen: list[str], names: dict[str, str]) -> None:
     upload = st.file_uploader("CSV, JSONL or Parquet", type=["csv", "jsonl", "json", "parquet"])
     if upload is None:
         return
-    df = read_table(stored_upload(upload))
+    stored = ""
+    try:
+        stored = stored_upload(upload)
+        df = read_table(stored)
+    except FreezeLabError as exc:  # empty, malformed or unreadable: say so here, naming the user's own file
+        st.error(f"{capital(own_name(str(exc), stored, upload.name))} Upload a fixed file to predict it.")
+        return
     if df.attrs.get("note"):
         st.caption(df.attrs["note"])
     columns = list(df.columns)

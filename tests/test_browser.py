@@ -281,7 +281,9 @@ def test_launch_train_compare_and_predict_in_a_real_browser(page, server, tmp_pa
     box.press("Control+Enter")
     for sentence in SENTENCES:
         expect(pg.locator("blockquote").filter(has_text=sentence)).to_be_visible()
-    expect(pg.get_by_text(re.compile(r"^2 sentence\(s\) in \d+ ms$"))).to_be_visible()
+    expect(
+        pg.get_by_text(re.compile(r"^2 sentence\(s\): model computation [\d,]+ ms \(drawing the page not"))
+    ).to_be_visible()
     expect(pg.locator(".js-plotly-plot")).to_have_count(4)  # a probability chart per sentence and task
     expect(pg.get_by_role("heading", name="Predict a whole file")).to_be_visible()
     labels = {task: set(t.label_names) for task, t in store.read_summary(run_id).tasks.items()}

@@ -187,3 +187,34 @@ def test_compare_says_which_runs_of_a_shared_link_are_not_here(monkeypatch, deci
     notice = texts(at, "warning")
     assert len(notice) == 1 and "ghost-run-1" in notice[0] and full not in notice[0], notice
     assert one(at.multiselect, "Runs (9 match)").value == [full], "the rest of the link is shown"
+
+
+@pytest.mark.parametrize(
+    "name, data, words",
+    [("empty.csv", b"", "is empty"), ("broken.csv", b'text,label\n"unterminated,1\n', "could not be read as CSV")],
+)
+def test_playground_file_with_a_problem_says_so_under_the_uploader_with_its_own_name(
+    monkeypatch, trained, name, data, words
+):
+    at = app(monkeypatch, trained["root"], PLAYGROUND)
+    upload(at, name, data)
+    errors = texts(at, "error")
+    assert len(errors) == 1 and words in errors[0] and errors[0].startswith(f"File {name}"), errors
+    assert "uploads" not in errors[0], "no stored name or server path"
+    assert not [b for b in at.button if b.label == "Predict the column"]
+    assert at.text_area, "the rest of the Playground stays"
+
+
+def test_compare_names_a_deleted_run_once_however_many_tabs_are_opened(monkeypatch, runs_copy):
+    """AppTest reruns the whole page on a tab click; a browser reruns only the view, with the run ids it was drawn
+    with (the deleted one included), which repeated the notice on every click until each run was announced once.
+    This guards the whole-page path; the browser path was checked by hand with Chromium."""
+    full, lora = runs_copy["ids"]["full_finetune"][0], runs_copy["ids"]["lora"][0]
+    at = app(monkeypatch, runs_copy["root"], COMPARE)
+    one(at.multiselect, "Runs (9 match)").set_value([full, lora]).run()
+    shutil.rmtree(RunStore(runs_copy["root"]).path(lora))
+    seen = []
+    for tab in ("Curves", "Decision", "Results", "Curves"):
+        open_tab(at, tab)
+        seen += texts(at, "warning")
+    assert seen == ["Run lora-s0 was deleted; removed from the comparison."], seen
