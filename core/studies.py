@@ -552,7 +552,8 @@ def _frozen_data_key(cfg: RunConfig) -> str:
 def estimate(store: RunStore, planned: list[PlannedRun]) -> dict[str, Any]:
     """Seconds the still-needed runs of a plan should take here, learnt from finished runs where possible.
 
-    Returns total_seconds, per_design seconds, the number of runs to train, the basis of the estimate, and
+    Returns total_seconds, per_design seconds, the number of distinct runs, of those to train and of those
+    already in the store, how many cells share a run with another question's, the basis of the estimate, and
     which frozen-backbone data sets already have cached embeddings (those runs cost little more than start-up)."""
     rates: dict[str, list[float]] = {}
     overheads: list[float] = []
@@ -574,12 +575,14 @@ def estimate(store: RunStore, planned: list[PlannedRun]) -> dict[str, Any]:
             rates.setdefault(_cost_class(cfg), []).append(max(0.0, s.wall_seconds - 10) / n / depth)
             overheads.append(min(s.wall_seconds, 30.0))
     per_design: dict[str, float] = {}
-    todo, seen = [], set()
+    todo, seen, reused = [], set(), set()
     for p in planned:  # identical cells of different designs train once
         key = run_key(p.config) + f"|{p.start_from}"
         if p.action in ("new", "resume") and key not in seen:
-            seen.add(key)
             todo.append(p)
+        elif p.action == "reuse":
+            reused.add(key)
+        seen.add(key)
     warm = set(cached)
     for p in todo:
         cls = _cost_class(p.config)
@@ -593,7 +596,8 @@ def estimate(store: RunStore, planned: list[PlannedRun]) -> dict[str, Any]:
         per_design[p.design] = per_design.get(p.design, 0.0) + seconds
     basis = ", ".join(f"{k}: {len(v)} finished runs" for k, v in sorted(rates.items())) or "no finished runs yet"
     return {
-        "runs_to_train": len(todo), "runs_reused": len(planned) - len(todo),
+        "runs_to_train": len(todo), "runs_reused": len(reused), "runs": len(seen),
+        "cells_shared": len(planned) - len(seen),  # the same run serving cells of several questions
         "total_seconds": sum(per_design.values()), "per_design": per_design,
         "basis": f"measured on this machine ({basis}); built-in defaults (core/studies.py) otherwise",
         "frozen_cached": sorted(cached),

@@ -66,7 +66,8 @@ def new_study_ui(store) -> None:
     if not chosen:
         st.info("Pick at least one question.")
         return
-    with st.expander(f"What runs: {len(planned)} runs ({est['runs_reused']} already in the store)"):
+    shared = f"; {est['cells_shared']} serve more than one question" if est["cells_shared"] else ""
+    with st.expander(f"What runs: {est['runs']} runs ({est['runs_reused']} already in the store{shared})"):
         for d in chosen:
             st.markdown(f"**{table[d].question}** " + ", ".join(f"`{c.label}`" for c in table[d].cells)
                         + (f"  \n_{table[d].note}_" if table[d].note else ""))  # fmt: skip

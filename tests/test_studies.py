@@ -170,3 +170,19 @@ def test_a_config_file_counts_as_given_including_an_older_files_test_cap(tmp_pat
     assert given_keys(args) == {"max_eval_examples", "max_test_examples", "strategy", "seed"}
     args = build_parser().parse_args(["study", "run", "--scale", "lite", "--max-length", "32"])
     assert given_keys(args) == {"max_length"}
+
+
+def test_the_estimate_counts_distinct_runs_and_says_none_are_in_an_empty_store(tmp_path):
+    """Cells of two questions can be the same run (full fine-tuning at the same size): they train once, and in an
+    empty store none of them is "already in the store"."""
+    from core.store import RunStore
+
+    table = studies.builtin_designs(studies.SCALES["lite"], 6)
+    planned = studies.plan([table["speed"], table["freeze_depth"]], _base(), [0, 1])
+    store = RunStore(tmp_path / "runs")
+    studies.match_existing(store, planned)
+    est = studies.estimate(store, planned)
+    distinct = {studies.run_key(p.config) for p in planned}
+    assert est["runs_reused"] == 0
+    assert est["runs"] == est["runs_to_train"] == len(distinct) < len(planned)
+    assert est["cells_shared"] == len(planned) - len(distinct)
