@@ -788,8 +788,7 @@ def sweep_ui(cfg: RunConfig | None, seeds: list[int], forms: list[TaskForm], rep
         depths: list[int] = []
         if deep:
             n_layers = sum(g["group"].startswith("layer.") for g in report["layers"]) if report else 12
-            # the form's k when its strategy has one, else the middle depth: never an empty choice to start from
-            default = [cfg.freeze_layers] if cfg is not None and cfg.freeze_layers is not None else [n_layers // 2]
+            default = [cfg.freeze_layers] if cfg is not None and cfg.freeze_layers is not None else []
             depths = st.multiselect(
                 f"Freeze depths (k) for {', '.join(deep)}",
                 list(range(n_layers + 1)),
